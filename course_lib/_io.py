@@ -76,3 +76,30 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         return load_file(str(path), device=str(device))
     except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
         raise ValueError(f"path {str(path)!r} is not a readable safetensors file ({err})") from err
+
+
+def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
+    """Write ``config.json`` (from ``model.config.to_dict()``) and ``model.safetensors`` into ``folder``.
+
+    The weights are written first and the config last, each atomically, so a folder with a config always
+    holds matching weights.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(folder / "model.safetensors", model.state_dict())
+    atomic_write_json(folder / "config.json", {"class": type(model).__name__, **model.config.to_dict()})
+    return folder
+
+
+def load_pretrained(model_cls, config_cls, folder: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild ``model_cls(config_cls.from_dict(config.json))`` and load ``model.safetensors`` from ``folder``."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"folder must contain config.json, got {str(folder)!r}")
+    config = json.loads((folder / "config.json").read_text())
+    saved_class = config.pop("class", model_cls.__name__)
+    if saved_class != model_cls.__name__:
+        raise ValueError(f"folder {str(folder)!r} holds a {saved_class}, not a {model_cls.__name__}")
+    model = model_cls(config_cls.from_dict(config))
+    model.load_state_dict(load_safetensors(folder / "model.safetensors", device=device))
+    return model.to(device)
