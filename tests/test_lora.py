@@ -219,6 +219,28 @@ def test_inject_matches_by_suffix_on_course_attention():
     assert model["attn2"](x, context).shape == (2, 5, 16)
 
 
+def test_inject_on_course_unet_zero_init_merge_and_counts():
+    unet_module = pytest.importorskip("course_lib.unet")
+    torch.manual_seed(0)
+    unet = unet_module.UNet(unet_module.UNetConfig.tiny()).eval()
+    g = torch.Generator().manual_seed(1)
+    x, context = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 3, 16, generator=g)
+    with torch.no_grad():
+        expected = unet(x, torch.tensor([3, 700]), context)
+    names = inject_lora(unet, LoRAConfig(r=2, lora_alpha=4))
+    assert names and all(n.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or n.endswith("to_out.0") for n in names)
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, torch.tensor([3, 700]), context), expected, atol=0, rtol=0)
+    assert count_trainable_parameters(unet) == sum(
+        lora_parameter_count(m.in_features, m.out_features, 2) for m in unet.modules() if isinstance(m, LoRALinear))
+    randomize_lora(unet)
+    with torch.no_grad():
+        unmerged = unet(x, torch.tensor([3, 700]), context)
+        merge_lora(unet)
+        torch.testing.assert_close(unet(x, torch.tensor([3, 700]), context), unmerged, atol=1e-5, rtol=1e-5)
+    assert (unmerged - expected).abs().max() > 1e-3
+
+
 def test_inject_errors_name_what_was_asked_for():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Conv2d(2, 2, 1))
     with pytest.raises(ValueError, match=r"target_modules.*'to_q'.*matched no module"):
