@@ -1,13 +1,17 @@
 """Contracts of course_lib.sd: SD v1.5 facts, the tiny offline twin, loading, precision (and LoRA training)."""
 import json
+import os
 
 import pytest
 import torch
 from torch import nn
 
-from course_lib.sd import (DEFAULT_MODEL_ID, DEFAULT_REVISION, SD15_SCHEDULER, SD15_TOKENIZER,
-                           ModelNotAvailableError, build_tiny_sd, count_parameters, load_pipeline,
-                           load_sd_components, pick_precision, sd15_config, sd15_empty_model, tiny_tokenizer_files)
+from course_lib.sd import (DEFAULT_MODEL_ID, DEFAULT_REVISION, LORA_WEIGHT_NAME, SD15_SCHEDULER, SD15_TOKENIZER,
+                           LoRATrainingConfig, ModelNotAvailableError, before_after_grid, build_tiny_sd,
+                           count_parameters, encode_images, encode_prompts, generate, load_pipeline,
+                           load_sd_components, min_snr_weights, noise_prediction_loss, pick_precision,
+                           precision_for, sd15_config, sd15_empty_model, tiny_tokenizer_files, train_lora)
+from course_lib.sd.lora_training import _unscale_or_skip, sample_indices
 from course_lib.sd.tiny import TOY_WORDS, _apply_merges, _byte_symbols, _word_symbols
 
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -90,6 +94,12 @@ def test_tiny_tokenizer_every_toy_word_is_one_token(tiny):
     assert tok.model_max_length == 77
     # CLIP's layout: the two special tokens are the last two ids
     assert (tok.bos_token_id, tok.eos_token_id) == (len(tok) - 2, len(tok) - 1)
+
+
+def test_tiny_tokenizer_covers_the_words_of_the_shapes_world(tiny):
+    from course_lib.data import VOCABULARY
+    for word in VOCABULARY:
+        assert len(tiny.tokenizer(word).input_ids) == 3, word   # BOS, the word, EOS
 
 
 def test_tiny_tokenizer_handles_any_text_and_pads_to_77(tiny):
@@ -222,6 +232,245 @@ def test_pick_precision_default_device_is_cuda_when_available(monkeypatch):
     assert pick_precision().device.type == "cuda" and pick_precision().mixed_precision == "fp16"
 
 
+# ================================================================ Part B: LoRA fine-tuning on the tiny SD
+
+CAPTION = "a red circle"
+
+
+@pytest.fixture(scope="module")
+def one_image(tmp_path_factory):
+    """An image folder with one 64x64 red circle (the toy world of course_lib.data)."""
+    from course_lib.data import shapes_batch, write_image_folder
+    batch = shapes_batch(1, seed=0, image_size=64, pairs=[("red", "circle")], caption_style="short")
+    assert batch["caption"] == [CAPTION]
+    return write_image_folder(tmp_path_factory.mktemp("data") / "images", batch["image"], batch["caption"]), batch
+
+
+def _config(folder, out, **overrides):
+    settings = dict(dataset=str(folder), output_dir=str(out), resolution=64, max_train_steps=8, train_batch_size=4,
+                    learning_rate=1e-2, checkpoint_every=100, seed=0)
+    return LoRATrainingConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_folder, one_image, tmp_path_factory):
+    components = load_sd_components(tiny_folder)
+    out = tmp_path_factory.mktemp("run")
+    result = train_lora(_config(one_image[0], out, validation_prompts=(CAPTION,), validation_every=8,
+                                num_inference_steps=2, alpha=8.0), components)  # scaling alpha / r = 2
+    return components, result, out
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = _config(tmp_path / "data", tmp_path / "out", validation_prompts=["a", "b"], snr_gamma=5.0,
+                     copy_checkpoints_to=tmp_path / "drive", alpha=8)
+    again = LoRATrainingConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and again.target_modules == ("to_q", "to_k", "to_v", "to_out.0")
+    assert config.checkpoint_folder == tmp_path / "out" / "checkpoints"
+
+
+def test_min_snr_weights_match_diffusers_compute_snr():
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+    scheduler = DDPMScheduler.from_config(SD15_SCHEDULER)
+    t = torch.tensor([0, 10, 100, 500, 999])
+    snr = compute_snr(scheduler, t)
+    torch.testing.assert_close(min_snr_weights(scheduler.alphas_cumprod, t, 5.0), torch.clamp(snr, max=5.0) / snr)
+    torch.testing.assert_close(min_snr_weights(scheduler.alphas_cumprod, t, 5.0, "v_prediction"),
+                               torch.clamp(snr, max=5.0) / (snr + 1))
+    assert min_snr_weights(scheduler.alphas_cumprod, t, 5.0)[-1] == 1.0  # noisy timesteps keep weight 1
+
+
+def test_noise_prediction_loss_is_the_ldm_objective(tiny):
+    """Against the closed form z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, written out here."""
+    from diffusers import DDPMScheduler
+    scheduler = DDPMScheduler.from_config(tiny.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    z0, eps, c = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 77, 32)
+    t = torch.tensor([3, 400, 950])
+    abar = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2, 0)[t].view(3, 1, 1, 1)
+    with torch.no_grad():
+        per_sample = ((tiny.unet(abar.sqrt() * z0 + (1 - abar).sqrt() * eps, t, c).sample - eps) ** 2).mean((1, 2, 3))
+        loss = noise_prediction_loss(tiny.unet, scheduler, z0, c, eps, t)
+        weighted = noise_prediction_loss(tiny.unet, scheduler, z0, c, eps, t, snr_gamma=1.0)
+    torch.testing.assert_close(loss, per_sample.mean(), rtol=1e-5, atol=1e-6)
+    snr = abar.flatten() / (1 - abar.flatten())
+    torch.testing.assert_close(weighted, (per_sample * snr.clamp(max=1.0) / snr).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_use_8bit_adam_needs_bitsandbytes(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail, installed or not
+    with pytest.raises(ValueError, match="use_8bit_adam"):
+        _config(tmp_path, tmp_path, use_8bit_adam=True)
+
+
+def test_sample_indices_shuffle_each_epoch_and_depend_only_on_the_step(tmp_path):
+    config = _config(tmp_path, tmp_path, train_batch_size=3, gradient_accumulation_steps=2, seed=7)
+    n = 12  # one epoch = 2 updates of 2 micro-batches of 3 images
+    epoch0 = [i for step in (0, 1) for micro in (0, 1) for i in sample_indices(step, micro, config, n)]
+    epoch1 = [i for step in (2, 3) for micro in (0, 1) for i in sample_indices(step, micro, config, n)]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(n)) and epoch0 != epoch1
+    assert sample_indices(3, 1, config, n) == sample_indices(3, 1, config, n)
+
+
+def test_lora_steps_lower_the_loss_on_a_fixed_batch(trained, one_image):
+    components, result, out = trained
+    from diffusers import DDPMScheduler
+
+    from course_lib.lora import lora_layers, set_lora_scale
+    assert len(result.losses) == 8 and all(layer.lora_B.weight.abs().sum() > 0
+                                           for layer in lora_layers(components.unet).values())
+    scheduler = DDPMScheduler.from_config(components.scheduler.config)
+    g = torch.Generator().manual_seed(123)
+    images = one_image[1]["image"].repeat(16, 1, 1, 1)
+    with torch.no_grad():
+        z0, c = encode_images(components, images, g), encode_prompts(components, [CAPTION] * 16)
+        eps, t = torch.randn(z0.shape, generator=g), torch.randint(0, 1000, (16,), generator=g)
+        after = noise_prediction_loss(components.unet, scheduler, z0, c, eps, t)
+        set_lora_scale(components.unet, 0.0)   # scale 0 = the frozen base model
+        before = noise_prediction_loss(components.unet, scheduler, z0, c, eps, t)
+        set_lora_scale(components.unet, 1.0)
+    assert after < 0.99 * before
+
+
+def test_saved_lora_loads_in_diffusers_exactly_like_our_merged_weights(trained, tiny_folder):
+    from course_lib.lora import LoRAConfig, inject_lora, load_lora, merge_lora
+    _, result, out = trained
+    assert result.lora_path == out / LORA_WEIGHT_NAME and result.lora_path.is_file()
+    theirs = load_pipeline(tiny_folder)
+    theirs.load_lora_weights(out)                                  # diffusers + peft read our file
+    ours = load_sd_components(tiny_folder)
+    inject_lora(ours.unet, LoRAConfig(r=4, lora_alpha=8.0))
+    load_lora(ours.unet, result.lora_path)
+    merge_lora(ours.unet)                                          # W0 + B A alpha / r, in place
+    base = load_sd_components(tiny_folder).unet
+    g = torch.Generator().manual_seed(5)
+    z, t, c = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([100, 700]), torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        a, b, b0 = theirs.unet(z, t, c).sample, ours.unet(z, t, c).sample, base(z, t, c).sample
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert (a - b0).abs().max() > 100 * (a - b).abs().max()   # the LoRA really changes the output
+    ours.unet.eval()
+    run = lambda pipe: generate(pipe, CAPTION, 3, num_inference_steps=2)  # noqa: E731
+    torch.testing.assert_close(run(theirs), run(ours.pipeline()), rtol=0, atol=1e-4)
+
+
+def test_validation_images_are_saved_with_fixed_seeds(trained):
+    components, result, out = trained
+    assert list(result.validation_images) == [8] and result.validation_images[8].shape == (1, 3, 64, 64)
+    assert (out / "validation" / "step-00000008.png").is_file()
+    again = generate(components.pipeline(), [CAPTION], [0], num_inference_steps=2, height=64, width=64)
+    assert torch.equal(again, result.validation_images[8])
+    assert json.loads((out / "training_config.json").read_text())["max_train_steps"] == 8
+
+
+def test_generate_lora_scale_zero_is_the_base_model_and_seeds_fix_images(trained, tiny_folder, tmp_path):
+    components, _, _ = trained
+    pipe, base = components.pipeline(), load_pipeline(tiny_folder)
+    prompts, seeds = [CAPTION, "a blue square"], [1, 2]
+    without = generate(pipe, prompts, seeds, lora_scale=0.0, num_inference_steps=2)
+    assert without.shape == (2, 3, 64, 64) and without.min() >= -1 and without.max() <= 1
+    torch.testing.assert_close(without, generate(base, prompts, seeds, num_inference_steps=2), rtol=0, atol=1e-6)
+    grid = before_after_grid(pipe, prompts, seeds, num_inference_steps=2, path=tmp_path / "grid.png")
+    assert grid.shape == (4, 3, 64, 64) and (tmp_path / "grid.png").is_file()
+    torch.testing.assert_close(grid[:2], without, rtol=0, atol=1e-6)
+    assert not torch.allclose(grid[2:], without, atol=1e-3)
+    assert torch.equal(grid[2:], generate(pipe, prompts, seeds, num_inference_steps=2))  # scale restored to 1
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_folder):
+    from course_lib.lora import LoRAConfig, inject_lora, lora_parameters
+    grads = []
+    for checkpointing in (False, True):
+        unet = load_sd_components(tiny_folder).unet
+        inject_lora(unet, LoRAConfig(r=4), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            for p in lora_parameters(unet):
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        g = torch.Generator().manual_seed(1)
+        unet(torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 500]), torch.randn(2, 77, 32, generator=g)
+             ).sample.square().mean().backward()
+        grads.append([p.grad.clone() for p in lora_parameters(unet)])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(*grads))
+
+
+def test_fp16_grad_scaler_unscales_and_skips_overflowing_updates():
+    p = nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([p], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    scaler.scale((2 * p).sum()).backward()
+    _unscale_or_skip(scaler, optimizer, [p])
+    assert torch.equal(p.grad, torch.full((3,), 2.0)) and scaler.get_scale() == 2.0 ** 10
+    optimizer.zero_grad()
+    scaler.scale((p * float("inf")).sum()).backward()
+    _unscale_or_skip(scaler, optimizer, [p])
+    assert p.grad is None and scaler.get_scale() == 2.0 ** 9   # update skipped, loss scale halved
+
+
+def test_fp16_training_on_cpu_runs_with_scaler_state_checkpointed(tiny_folder, one_image, tmp_path):
+    config = _config(one_image[0], tmp_path, max_train_steps=2, train_batch_size=1, mixed_precision="fp16",
+                     gradient_checkpointing=True)
+    components = load_sd_components(tiny_folder)
+    result = train_lora(config, components)
+    assert components.unet.conv_in.weight.dtype == torch.float16
+    from course_lib.lora import lora_parameters
+    assert all(p.dtype == torch.float32 for p in lora_parameters(components.unet))
+    assert (result.checkpoint / "grad_scaler.safetensors").is_file()
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+_CHILD = """
+import json, sys, time, torch
+torch.set_num_threads(1)
+from course_lib.sd import LoRATrainingConfig, load_sd_components, train_lora
+config = LoRATrainingConfig.from_dict(json.loads(sys.argv[1]))
+# from update 4 on, wait a second after each update: time enough to kill it mid-run
+train_lora(config, load_sd_components(sys.argv[2]), callback=lambda step, loss: time.sleep(1.0 if step >= 4 else 0))
+"""
+
+
+def test_killed_run_resumes_from_the_copied_checkpoint_bit_for_bit(tiny_folder, one_image, tmp_path):
+    """Kill a training process mid-run, lose its local checkpoints (a Colab VM reset), resume from the copy
+    (the "Google Drive" folder): the final LoRA weights equal those of an uninterrupted run exactly."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from course_lib._io import load_safetensors
+    settings = dict(max_train_steps=8, train_batch_size=1, checkpoint_every=2, learning_rate=1e-3)
+    reference = train_lora(_config(one_image[0], tmp_path / "reference", **settings), load_sd_components(tiny_folder))
+
+    config = _config(one_image[0], tmp_path / "run", copy_checkpoints_to=str(tmp_path / "drive"), **settings)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(config.to_dict()), str(tiny_folder)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "drive" / "checkpoint-00000004").is_dir():
+        assert child.poll() is None, child.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the child never wrote checkpoint 4"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    assert not (tmp_path / "run" / LORA_WEIGHT_NAME).exists()       # it really died before the end
+    shutil.rmtree(config.checkpoint_folder)                          # the VM's disk is gone, the copy is not
+
+    resumed = train_lora(config, load_sd_components(tiny_folder))
+    assert 4 <= resumed.resumed_from < 8
+    a, b = load_safetensors(reference.lora_path), load_safetensors(resumed.lora_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.losses == reference.losses
+    copies = sorted(p.name for p in (tmp_path / "drive").iterdir() if p.name.startswith("checkpoint-"))
+    assert copies == ["checkpoint-00000006", "checkpoint-00000008"]  # keep_last=2, like the local folder
+    local, copied = (config.checkpoint_folder / "checkpoint-00000008", tmp_path / "drive" / "checkpoint-00000008")
+    assert (local / "manifest.json").read_text() == (copied / "manifest.json").read_text()
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("call, argname", [
@@ -244,6 +493,26 @@ def test_pick_precision_default_device_is_cuda_when_available(monkeypatch):
     (lambda tmp: build_tiny_sd(tmp.parent), "folder"),                  # not empty
     (lambda tmp: tiny_tokenizer_files(["Red"]), "words"),
     (lambda tmp: tiny_tokenizer_files(["two words"]), "words"),
+    (lambda tmp: precision_for("cpu", "fp8"), "mixed_precision"),
+    (lambda tmp: min_snr_weights(torch.rand(10), torch.tensor([1]), 0.0), "snr_gamma"),
+    (lambda tmp: min_snr_weights(torch.rand(10), torch.tensor([1]), 5.0, "sample"), "prediction_type"),
+    (lambda tmp: train_lora("config.json"), "config"),
+    (lambda tmp: train_lora(_config(tmp, tmp), components="unet"), "components"),
+    (lambda tmp: train_lora(_config(tmp, tmp), callback=3), "callback"),
+    (lambda tmp: generate("pipe", "a red circle", 0), "pipe"),
+    (lambda tmp: before_after_grid(object(), [], 0), "prompts"),
+    (lambda tmp: LoRATrainingConfig.from_dict({"dataset": "d", "output_dir": "o", "lr": 1}), "lr"),
+    (lambda tmp: LoRATrainingConfig.from_dict([]), "d"),
+    *[(lambda tmp, k=key, v=value: _config(tmp, tmp, **{k: v}), key) for key, value in [
+        ("dataset", ""), ("output_dir", None), ("resolution", 60), ("resolution", 0), ("rank", 0), ("alpha", -1.0),
+        ("target_modules", "to_q"), ("learning_rate", 0.0), ("lr_scheduler", "linear"), ("lr_warmup_steps", 9),
+        ("max_train_steps", 0), ("train_batch_size", 0), ("gradient_accumulation_steps", 1.5),
+        ("max_grad_norm", -1.0), ("gradient_checkpointing", "yes"), ("snr_gamma", 0.0),
+        ("mixed_precision", "fp8"), ("validation_prompts", "a red circle"), ("validation_every", 0),
+        ("num_inference_steps", 0), ("checkpoint_every", 0), ("keep_last", 0), ("copy_checkpoints_to", ""),
+        ("seed", -1), ("resume", "earliest"), ("device", "gpu"), ("revision", ""), ("dataset_split", ""),
+        ("adam_weight_decay", -0.1), ("guidance_scale", -1.0)]],
+    (lambda tmp: _config(tmp, tmp, validation_every=5), "validation_every"),   # without prompts
 ])
 def test_bad_input_raises_value_error_naming_the_argument(tmp_path, call, argname):
     with pytest.raises(ValueError, match=argname):

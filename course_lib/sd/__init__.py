@@ -4,15 +4,24 @@
     components    ``load_sd_components`` / ``load_pipeline``: hub id at a pinned revision, or a local folder
     tiny          ``build_tiny_sd``: the same classes with random weights, small enough for a CPU
     precision     ``pick_precision``: fp32 / fp16 + GradScaler / bf16 from the device
+    lora_config   ``LoRATrainingConfig``: the settings of a LoRA run
+    lora_training ``train_lora``: LoRA fine-tuning with checkpoints, exact resume, validation images
+    generation    ``generate`` / ``before_after_grid``: fixed seeds, LoRA scale 0 vs 1
 """
 from course_lib.sd.architecture import (SD15_COMPONENTS, SD15_SCHEDULER, SD15_TOKENIZER, count_parameters,
                                         sd15_config, sd15_empty_model)
 from course_lib.sd.components import (DEFAULT_MODEL_ID, DEFAULT_REVISION, ModelNotAvailableError, SDComponents,
                                       load_pipeline, load_sd_components)
-from course_lib.sd.precision import Precision, pick_precision
+from course_lib.sd.generation import before_after_grid, generate
+from course_lib.sd.lora_config import LoRATrainingConfig
+from course_lib.sd.lora_training import (LORA_WEIGHT_NAME, LoRATrainingResult, encode_images, encode_prompts,
+                                         min_snr_weights, noise_prediction_loss, train_lora)
+from course_lib.sd.precision import Precision, pick_precision, precision_for
 from course_lib.sd.tiny import build_tiny_sd, tiny_tokenizer_files
 
 __all__ = ["SD15_COMPONENTS", "SD15_SCHEDULER", "SD15_TOKENIZER", "count_parameters", "sd15_config",
            "sd15_empty_model", "DEFAULT_MODEL_ID", "DEFAULT_REVISION", "ModelNotAvailableError", "SDComponents",
-           "load_pipeline", "load_sd_components", "Precision", "pick_precision", "build_tiny_sd",
-           "tiny_tokenizer_files"]
+           "load_pipeline", "load_sd_components", "Precision", "pick_precision", "precision_for", "build_tiny_sd",
+           "tiny_tokenizer_files", "LoRATrainingConfig", "LoRATrainingResult", "LORA_WEIGHT_NAME", "train_lora",
+           "encode_images", "encode_prompts", "min_snr_weights", "noise_prediction_loss", "generate",
+           "before_after_grid"]

@@ -22,7 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Precision", "pick_precision"]
+from course_lib._checks import check_choice
+
+__all__ = ["Precision", "MIXED_PRECISION", "precision_for", "pick_precision"]
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,20 @@ def _as_device(device) -> torch.device:
         raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
 
 
+def precision_for(device: str | torch.device | None, mixed_precision: str) -> Precision:
+    """The ``Precision`` of one of accelerate's names: "no" (fp32), "fp16" (+ GradScaler) or "bf16"."""
+    check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
+    device = _as_device(device)
+    if mixed_precision == "no":
+        return Precision(device, "no", torch.float32, None, use_grad_scaler=False)
+    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+    return Precision(device, mixed_precision, dtype, dtype, use_grad_scaler=mixed_precision == "fp16")
+
+
 def pick_precision(device: str | torch.device | None = None) -> Precision:
     """The precision rule above for ``device`` (default: CUDA if available, else CPU)."""
     device = _as_device(device)
     if device.type != "cuda":
-        return Precision(device, "no", torch.float32, None, use_grad_scaler=False)
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) >= (8, 0):
-        return Precision(device, "bf16", torch.bfloat16, torch.bfloat16, use_grad_scaler=False)
-    return Precision(device, "fp16", torch.float16, torch.float16, use_grad_scaler=True)
+        return precision_for(device, "no")
+    capability = torch.cuda.get_device_capability(device)
+    return precision_for(device, "bf16" if tuple(capability) >= (8, 0) else "fp16")

@@ -17,7 +17,6 @@ each toy word ("red", "circle", ...) ends up as a single token; any other text s
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -35,7 +34,8 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 TOY_WORDS = (
     "a an the of on in with and photo picture drawing painting style sks toy "
     "red green blue yellow orange purple pink white black gray brown "
-    "circle square triangle star cross ring dot shape small big large bright dark background"
+    "circle square triangle star cross ring dot shape small big large bright dark background "
+    "at top bottom left right center centre middle"
 ).split()
 
 TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
