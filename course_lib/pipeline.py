@@ -69,9 +69,10 @@ class MiniSDPipeline:
                 raise ValueError(f"{name} must be a {getattr(cls, '__name__', cls)}, got {type(value).__name__}")
         check_float("scale_factor", scale_factor, minimum=0.0, min_inclusive=False)
         check_int("image_size", image_size, minimum=1)
-        if image_size % vae.config.downsample_factor:
-            raise ValueError(f"image_size must be divisible by the VAE's downsample factor "
-                             f"{vae.config.downsample_factor}, got {image_size}")
+        factor = vae.config.downsample_factor * 2 ** (unet.config.num_levels - 1)
+        if image_size % factor:
+            raise ValueError(f"image_size must be divisible by {factor} (the VAE's and UNet's downsampling), "
+                             f"got {image_size}")
         if unet.config.context_dim != text_encoder.config.width:
             raise ValueError(f"unet must cross-attend to the text encoder's width {text_encoder.config.width}, "
                              f"got context_dim={unet.config.context_dim}")
@@ -106,12 +107,18 @@ class MiniSDPipeline:
         return self.vae.decode(latents / self.scale_factor).clamp(-1, 1)
 
     def latent_shape(self, batch: int, image_size: int | None = None) -> tuple[int, int, int, int]:
-        f = self.vae.config.downsample_factor
         size = self.image_size if image_size is None else image_size
         check_int("image_size", size, minimum=1)
-        if size % f:
-            raise ValueError(f"image_size must be divisible by the VAE's downsample factor {f}, got {size}")
+        if size % self.size_factor:
+            raise ValueError(f"image_size must be divisible by {self.size_factor} (the VAE's and UNet's "
+                             f"downsampling), got {size}")
+        f = self.vae.config.downsample_factor
         return (batch, self.vae.config.latent_channels, size // f, size // f)
+
+    @property
+    def size_factor(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor f times the UNet's 2**(levels - 1)."""
+        return self.vae.config.downsample_factor * 2 ** (self.unet.config.num_levels - 1)
 
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, timesteps, prompts, guidance_scale: float = 4.0,
@@ -209,10 +216,10 @@ class MiniSDPipeline:
         if images.shape[1] != self.vae.config.in_channels:
             raise ValueError(f"images must have {self.vae.config.in_channels} channels, got shape "
                              f"{tuple(images.shape)}")
-        f = self.vae.config.downsample_factor
-        if images.shape[2] % f or images.shape[3] % f:
-            raise ValueError(f"images must have height and width divisible by the VAE's factor {f}, "
-                             f"got shape {tuple(images.shape)}")
+        factor = self.size_factor
+        if images.shape[2] % factor or images.shape[3] % factor:
+            raise ValueError(f"images must have height and width divisible by {factor} (the VAE's and UNet's "
+                             f"downsampling), got shape {tuple(images.shape)}")
         if len(prompts) != images.shape[0]:
             raise ValueError(f"prompts must give one prompt per image ({images.shape[0]}), got {len(prompts)}")
         return prompts

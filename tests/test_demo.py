@@ -1,0 +1,157 @@
+"""The miniature Stable Diffusion: stages resume exactly, the fast demo writes every artefact and report field.
+
+Picture quality is not asserted here (a unit test cannot afford the training); `bench/demo.py` measures it.
+"""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import course_lib.minisd as minisd
+from course_lib.demo import main
+from course_lib.minisd import MiniSDConfig, prompt_set, train_clip, train_unet, train_vae
+
+FAST = dict(num_train_images=128, num_val_images=32, vae_steps=6, clip_steps=6, unet_steps=12,
+            checkpoint_every=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_config_round_trip_and_validation():
+    config = MiniSDConfig.fast()
+    assert MiniSDConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert MiniSDConfig.from_dict(MiniSDConfig().to_dict()) == MiniSDConfig()
+    with pytest.raises(ValueError, match="held_out_pairs"):
+        MiniSDConfig(held_out_pairs=[("purple", "circle")])
+    with pytest.raises(ValueError, match="unet_steps"):
+        MiniSDConfig(unet_steps=0)
+    with pytest.raises(ValueError, match="cond_dropout"):
+        MiniSDConfig(cond_dropout=1.5)
+
+
+def test_prompt_set_covers_every_pair_once():
+    prompts = prompt_set()
+    assert len(prompts) == 12 and len({p for p, _, _ in prompts}) == 12
+    assert ("a red circle", 0, 0) in prompts
+
+
+def test_min_snr_weights_match_the_formula():
+    scheduler = minisd.make_scheduler(MiniSDConfig.fast())
+    t = torch.tensor([0, 10, 500, 999])
+    abar = scheduler.alphas_cumprod[t].double()
+    snr = abar / (1 - abar)
+    expected = torch.minimum(snr, torch.tensor(5.0, dtype=torch.double)) / snr
+    torch.testing.assert_close(minisd.min_snr_weights(scheduler, t, 5.0).double(), expected, rtol=1e-5, atol=0)
+    assert minisd.min_snr_weights(scheduler, torch.tensor([999]), 5.0).item() == pytest.approx(1.0)
+
+
+def _stages(config, out):
+    vae, vae_report = train_vae(config, out)
+    clip, tokenizer, _ = train_clip(config, out)
+    unet, _ = train_unet(config, out, vae, clip.text_encoder, tokenizer, vae_report["scale_factor"])
+    return unet
+
+
+def test_interrupted_unet_stage_resumes_bit_for_bit(tmp_path, monkeypatch):
+    config = MiniSDConfig.fast(**FAST)
+    straight = _stages(config, tmp_path / "straight")
+
+    calls = {"n": 0}
+    real = minisd.min_snr_weights
+
+    def crash_at_step_10(*args, **kwargs):  # called once per UNet step: die in the middle of the run
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(minisd, "min_snr_weights", crash_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        _stages(config, tmp_path / "resumed")
+    monkeypatch.setattr(minisd, "min_snr_weights", real)
+    assert not (tmp_path / "resumed/unet/report.json").exists()
+    resumed = _stages(config, tmp_path / "resumed")  # VAE and CLIP are skipped, the UNet resumes at step 8
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    report = json.loads((tmp_path / "resumed/unet/report.json").read_text())
+    assert len(report["losses"]) == config.unet_steps
+
+
+def test_finished_stage_is_loaded_not_retrained(tmp_path):
+    config = MiniSDConfig.fast(**FAST)
+    vae, report = train_vae(config, tmp_path)
+    again, report_again = train_vae(config, tmp_path)
+    assert report_again == json.loads((tmp_path / "vae/report.json").read_text())
+    assert report_again["seconds"] == report["seconds"]
+    saved = load_file(str(tmp_path / "vae/model.safetensors"))
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in saved.items())
+
+
+REPORT_FIELDS = {
+    "training_seconds", "total_training_seconds", "evaluator", "vae", "clip", "unet", "prompt_accuracy",
+    "held_out_pairs",
+}
+
+
+@pytest.mark.slow
+def test_fast_demo_writes_every_artefact(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--fast", "--out", str(out), "--seeds-per-prompt", "2"]) == 0
+    for name in ("samples.png", "img2img.png", "inpaint.png", "losses.png", "report.json", "config.json",
+                 "pipeline/pipeline.json", "pipeline/unet/model.safetensors", "pipeline/unet/config.json",
+                 "pipeline/vae/model.safetensors", "pipeline/text_encoder/model.safetensors",
+                 "pipeline/tokenizer.json", "evaluator/model.safetensors"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_FIELDS <= set(report)
+    assert set(report["training_seconds"]) == {"evaluator", "vae", "clip", "unet"}
+    quality = report["prompt_accuracy"]
+    for part in ("seen", "held_out"):
+        assert set(quality[part]) == {"shape_acc", "colour_acc", "joint_acc", "n"}
+        assert 0.0 <= quality[part]["joint_acc"] <= 1.0
+    assert quality["seen"]["n"] == 10 * 2 and quality["held_out"]["n"] == 2 * 2
+    assert len(quality["per_prompt"]) == 12
+    assert quality["fid_like"] >= 0 and report["vae"]["latent_shape"] == [4, 8, 8]
+    assert "prompt accuracy" in capsys.readouterr().out
+
+    # running again resumes: nothing is retrained, the report is reproduced
+    assert main(["--fast", "--out", str(out), "--seeds-per-prompt", "2"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["training_seconds"] == report["training_seconds"]
+    assert again["prompt_accuracy"]["seen"] == quality["seen"]
+
+
+def test_demo_refuses_to_mix_settings(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(MiniSDConfig().to_dict()))
+    assert main(["--fast", "--out", str(out)]) == 2
+    assert "--fresh" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, argument", [
+    (["--fast", "--unet-steps", "0"], "unet_steps"),
+    (["--fast", "--threads", "0"], "--threads"),
+    (["--fast", "--seeds-per-prompt", "1"], "--seeds-per-prompt"),
+    (["--fast", "--guidance-scale", "-1"], "guidance_scale"),
+    (["--fast", "--train-images", "-5"], "num_train_images"),
+])
+def test_cli_rejects_bad_values(tmp_path, capsys, argv, argument):
+    assert main(argv + ["--out", str(tmp_path / "x")]) == 2
+    assert argument in capsys.readouterr().err
+
+
+def test_cli_help_lists_the_budgets(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--fast", "--unet-steps", "--seed", "--out", "--fresh", "--threads"):
+        assert option in text
