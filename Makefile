@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m course_lib.demo $(DEMO_ARGS)
 
+# Two pytest workers, one torch thread each (tests/conftest.py): uses both cores of a laptop or CI machine.
+PYTEST_ARGS ?= -n 2
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
