@@ -105,18 +105,26 @@ class VAEConfig:
 
     @classmethod
     def tiny(cls) -> "VAEConfig":
-        """For fast tests: 3x32x32 -> 4x16x16, a few thousand parameters."""
+        """For fast tests: 3x32x32 -> 4x16x16, 44k parameters."""
         return cls(in_channels=3, latent_channels=4, block_channels=(8, 16), layers_per_block=1, norm_groups=4)
 
     @classmethod
     def shapes(cls) -> "VAEConfig":
-        """The course's toy shapes: 3x32x32 -> 4x8x8 (f = 4, 12x fewer numbers); trains in ~1-2 min on 2 CPU cores."""
-        return cls(in_channels=3, latent_channels=4, block_channels=(16, 32, 64), layers_per_block=1,
-                   norm_groups=8)
+        """The course's toy shapes: 3x32x32 -> 4x8x8 (f = 4, 12x fewer numbers), 174k parameters.
+
+        Roughly 0.13 s per step of 64 images on 2 otherwise idle CPU cores: ~750 steps (1.5 min) of AdamW at
+        lr 2e-3 with beta = 1e-3 reconstruct held-out ``course_lib.data`` shapes at ~37 dB PSNR (1500: ~41 dB).
+        """
+        return cls(in_channels=3, latent_channels=4, block_channels=(8, 16, 32), layers_per_block=1,
+                   norm_groups=4)
 
     @classmethod
     def digits(cls) -> "VAEConfig":
-        """sklearn digits upsampled to 1x16x16 -> 2x8x8 latents (f = 2)."""
+        """sklearn digits upsampled to 1x16x16 -> 2x8x8 latents (f = 2), 166k parameters.
+
+        The digits hold only 8x8 numbers of detail, so 2x8x8 loses nothing: ~500 steps of 64 images (lr 2e-3,
+        beta = 1e-3) reach ~40 dB PSNR on held-out digits.
+        """
         return cls(in_channels=1, latent_channels=2, block_channels=(16, 32), layers_per_block=1, norm_groups=8)
 
 
@@ -392,8 +400,9 @@ def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, posterior: DiagonalGaussian, 
     c*h*w latent numbers. With beta = 1 this is exactly the negative ELBO (up to a constant) of a decoder
     p(x|z) = N(x_hat, 1/2 I), i.e. pixel noise of std 0.71 on a [-1, 1] scale: very blurry reconstructions.
     Smaller beta trusts the pixels more. The default 1e-3 gives sharp reconstructions on the course data
-    while the KL still keeps latents near N(0, I); Stable Diffusion went further, to ~1e-6 (with perceptual
-    and GAN losses). Dividing the SSE by C*H*W would turn it into a per-pixel MSE: scale beta along with it.
+    while the KL still keeps latents near N(0, I) (measured scale factor ~1 on shapes). Stable Diffusion's
+    autoencoder also sums per image, but went further, to beta = 1e-6, with an L1 + perceptual reconstruction
+    term and a GAN loss. Dividing the SSE by C*H*W would give a per-pixel MSE: divide beta by C*H*W with it.
     """
     check_tensor("x_hat", x_hat, floating=True)
     check_tensor("x", x, floating=True)
