@@ -52,19 +52,20 @@ class MiniSDConfig:
     num_val_images: int = 512
     # 1. VAE
     vae: VAEConfig = field(default_factory=VAEConfig.shapes)
-    vae_steps: int = 1500
+    vae_steps: int = 750
     vae_batch_size: int = 64
     vae_lr: float = 2e-3
     vae_beta: float = 1e-3
     # 2. CLIP
     clip: CLIPConfig = field(default_factory=lambda: CLIPConfig.small(width=64, layers=2, embed_dim=64,
                                                                       image_widths=(16, 32, 64)))
-    clip_steps: int = 600
+    clip_steps: int = 400
     clip_batch_size: int = 128
     clip_lr: float = 2e-3
     # 3. UNet
-    unet: UNetConfig = field(default_factory=UNetConfig.small)
-    unet_steps: int = 3000
+    unet: UNetConfig = field(default_factory=lambda: UNetConfig(block_channels=(48, 96), attention_levels=(1,),
+                                                                num_heads=4, norm_groups=16))
+    unet_steps: int = 2500
     unet_batch_size: int = 64
     unet_lr: float = 1e-3
     cond_dropout: float = 0.1
@@ -160,7 +161,8 @@ def _stage_done(folder: Path) -> dict | None:
     return json.loads(report.read_text()) if report.is_file() else None
 
 
-def _batches(n: int, batch_size: int, step: int, generator: torch.Generator) -> torch.Tensor:
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random minibatch of indices into the rendered training set."""
     return torch.randint(0, n, (batch_size,), generator=generator)
 
 
@@ -183,7 +185,7 @@ def train_vae(config: MiniSDConfig, out_dir: str | Path, data: dict | None = Non
     generator = torch.Generator().manual_seed(config.seed)
 
     def step_fn(step, g):
-        x = images[_batches(len(images), config.vae_batch_size, step, g)]
+        x = images[_batches(len(images), config.vae_batch_size, g)]
         out = vae(x, generator=g)
         return vae_loss(out.sample, x, out.posterior, beta=config.vae_beta).loss
 
@@ -230,7 +232,7 @@ def train_clip(config: MiniSDConfig, out_dir: str | Path, data: dict | None = No
     generator = torch.Generator().manual_seed(config.seed + 1)
 
     def step_fn(step, g):
-        idx = _batches(len(data["caption"]), config.clip_batch_size, step, g)
+        idx = _batches(len(data["caption"]), config.clip_batch_size, g)
         text = clip.encode_text(tokens["input_ids"][idx], tokens["attention_mask"][idx])
         return contrastive_loss(clip.encode_image(data["image"][idx]), text, clip.logit_scale)
 
@@ -317,7 +319,7 @@ def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder
     generator = torch.Generator().manual_seed(config.seed + 2)
 
     def step_fn(step, g):
-        idx = _batches(len(means), config.unet_batch_size, step, g)
+        idx = _batches(len(means), config.unet_batch_size, g)
         # x_0: a fresh posterior sample of each image's latent, scaled to unit variance
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * scale_factor
         # the caption, replaced by "" with probability cond_dropout (classifier-free guidance training)
