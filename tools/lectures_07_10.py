@@ -149,7 +149,6 @@ def lecture_07():
         STEP_COUNTS = (10, 25)  # steps compared across samplers
     ''', tags=["parameters"]), code(LOCAL_ENV, '''
         import matplotlib.pyplot as plt
-        import numpy as np
         import torch
 
         from course_lib.data import shapes_batch
@@ -679,7 +678,7 @@ def lecture_08():
         from course_lib.sd import (LORA_WEIGHT_NAME, LoRATrainingConfig, build_tiny_sd, count_parameters,
                                    encode_images, encode_prompts, generate, load_pipeline, load_sd_components,
                                    noise_prediction_loss, sd15_empty_model, train_lora)
-        from course_lib.viz import plot_losses, save_image_grid, show_images
+        from course_lib.viz import plot_losses, show_images
 
         if FAST:
             TRAIN_STEPS, NUM_IMAGES = 30, 8
@@ -1767,7 +1766,6 @@ def lecture_10():
         DRIVE_FOLDER = "/content/drive/MyDrive/sd-course/lora-workshop"
     """, tags=["parameters"]), code(LOCAL_ENV, """
         import matplotlib.pyplot as plt
-        import numpy as np
         import torch
 
         from course_lib._io import load_safetensors
