@@ -1,0 +1,216 @@
+"""Autograding every submission of an assignment, one student at a time, each in its own process.
+
+Per-student isolation: every submission is graded by a new worker process (``course_lib.grading._worker``,
+which calls nbgrader's ``autograde`` for that one student) with COURSE_AUTOGRADE=1 in its environment, so the
+notebooks skip training and grade the weights the student submitted. Whatever a submission does (invalid
+JSON, a crashing kernel, an endless loop), the worker's failure is recorded and the next student is graded.
+
+Two time limits:
+    cell_timeout        (nbgrader_config.py, default 120 s) a cell running longer is interrupted and, if it is
+                        a test cell, scores 0; the notebook continues with its next cell
+    submission_timeout  (default 600 s) the whole worker is killed, with its kernel, and the submission is
+                        recorded as failed-timeout
+
+Statuses (saved in grading/status.json, read by ``export``): ``graded``; ``failed-<reason>`` with reason
+no-notebook, invalid-notebook, timeout, kernel-died, autograde-error or worker-crashed. A failure never
+becomes a silent 0.
+
+Hardening (sandboxing, memory limits, hostile notebooks) belongs in ``_run_worker``: it is the one place
+where a submission's code is started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from course_lib._checks import check_float
+from course_lib._io import atomic_write_json
+from course_lib.grading.course import Course, check_student_id, kernel_environment
+
+__all__ = ["SubmissionStatus", "autograde", "autograde_submission", "load_statuses", "forget_status"]
+
+DEFAULT_SUBMISSION_TIMEOUT = 600.0
+
+
+@dataclass
+class SubmissionStatus:
+    """Outcome of autograding one submission. ``score``/``max_score`` are None unless status is "graded"."""
+    assignment: str
+    student: str
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+    score: float | None = None
+    max_score: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SubmissionStatus":
+        return cls(**{key: d.get(key) for key in ("assignment", "student", "status", "detail", "seconds",
+                                                   "score", "max_score")})
+
+
+def load_statuses(course: Course) -> dict[str, dict[str, SubmissionStatus]]:
+    """assignment -> student -> last recorded SubmissionStatus (empty if nothing was autograded yet)."""
+    if not course.status_file.is_file():
+        return {}
+    raw = json.loads(course.status_file.read_text())
+    return {a: {s: SubmissionStatus.from_dict(d) for s, d in per.items()} for a, per in raw.items()}
+
+
+def _save_status(course: Course, status: SubmissionStatus) -> None:
+    raw = json.loads(course.status_file.read_text()) if course.status_file.is_file() else {}
+    raw.setdefault(status.assignment, {})[status.student] = status.to_dict()
+    atomic_write_json(course.status_file, raw)
+
+
+def forget_status(course: Course, assignment: str, student: str) -> None:
+    """Drop a recorded status (a newly collected submission has not been graded yet)."""
+    if not course.status_file.is_file():
+        return
+    raw = json.loads(course.status_file.read_text())
+    if raw.get(assignment, {}).pop(student, None) is not None:
+        atomic_write_json(course.status_file, raw)
+
+
+def _precheck(course: Course, assignment: str, student: str) -> str | None:
+    """A reason to fail without running anything (missing or unreadable notebook), else None."""
+    import nbformat
+
+    folder = course.submission_dir(student, assignment)
+    expected = sorted(p.name for p in (course.source_dir / assignment).glob("*.ipynb"))
+    present = [name for name in expected if (folder / name).is_file()]
+    if not present:
+        return f"no-notebook: expected {expected} in {folder}"
+    for name in present:
+        try:
+            nbformat.validate(nbformat.read(str(folder / name), as_version=4))
+        except Exception as err:  # JSONDecodeError, ValidationError, UnicodeDecodeError, ...
+            return f"invalid-notebook: {name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    return None
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill a worker and every process it started (its kernel runs in a session of its own)."""
+    try:
+        import psutil
+
+        parent = psutil.Process(pid)
+        procs = parent.children(recursive=True) + [parent]
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+    except Exception:  # psutil missing or the process is gone: fall back to the worker's process group
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _process_context():
+    """forkserver where there is one (workers start without re-importing nbgrader), else spawn."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["course_lib.grading._worker"])
+    return context
+
+
+def _run_worker(course: Course, assignment: str, student: str, timeout: float, log_path: Path) -> dict:
+    """Grade one submission in a new process; returns its result dict, or {"status": "failed-..."}."""
+    from course_lib.grading import _worker
+
+    env = {**os.environ, **kernel_environment(), **course.environment(), "COURSE_AUTOGRADE": "1"}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="autograde-") as scratch:
+        result_path = Path(scratch) / "result.json"
+        job = {"root": str(course.root), "env": env, "log": str(log_path), "result": str(result_path),
+               "assignment": assignment, "student": student}
+        proc = _process_context().Process(target=_worker.run, args=(job,), name=f"autograde-{student}")
+        proc.start()
+        proc.join(timeout)
+        if proc.is_alive():
+            _kill_tree(proc.pid)
+            proc.join()
+            shutil.rmtree(course.autograded_dir / student / assignment, ignore_errors=True)  # half-written
+            return {"status": "failed-timeout", "detail": f"killed after {timeout:.0f} s"}
+        if result_path.is_file():
+            return json.loads(result_path.read_text())
+        lines = log_path.read_text(errors="replace").strip().splitlines() if log_path.is_file() else []
+        return {"status": "failed-worker-crashed",
+                "detail": f"exit code {proc.exitcode}: {lines[-1][:300] if lines else 'no log'}"}
+
+
+def autograde_submission(course: Course, assignment: str, student: str,
+                         submission_timeout: float = DEFAULT_SUBMISSION_TIMEOUT) -> SubmissionStatus:
+    """Autograde one collected submission in a worker process and record its status."""
+    course.check_assignment(assignment)
+    check_student_id(student)
+    check_float("submission_timeout", submission_timeout, minimum=1.0)
+    start = time.perf_counter()
+    problem = _precheck(course, assignment, student)
+    if problem is not None:
+        reason, detail = problem.split(": ", 1)
+        result = {"status": f"failed-{reason}", "detail": detail}
+    else:
+        log_path = course.workspace / "logs" / assignment / f"{student}.log"
+        result = _run_worker(course, assignment, student, submission_timeout, log_path)
+    status = SubmissionStatus(assignment, student, result["status"], result.get("detail", ""),
+                              round(time.perf_counter() - start, 2), result.get("score"), result.get("max_score"))
+    _save_status(course, status)
+    return status
+
+
+def _ensure_in_gradebook(course: Course, assignment: str) -> None:
+    """Autograding needs the assignment's cells in the gradebook; a fresh workspace gets them from the source."""
+    from nbgrader.api import MissingEntry
+
+    with course.api().gradebook as gb:
+        try:
+            known = bool(gb.find_assignment(assignment).notebooks)
+        except MissingEntry:
+            known = False
+    if known:
+        return
+    with tempfile.TemporaryDirectory(prefix="gradebook-sync-") as scratch:  # same cells, release thrown away
+        synced = Course(root=course.root, workspace=course.workspace, release_dir=scratch,
+                        cell_timeout=course.cell_timeout)
+        result = synced.api().generate_assignment(assignment, force=True, create=True)
+    if not result.get("success"):
+        raise ValueError(f"assignment {assignment!r} could not be registered in the gradebook:\n"
+                         f"{result.get('error') or result.get('log')}")
+
+
+def autograde(course: Course, assignment: str | None = None, students: list[str] | None = None,
+              submission_timeout: float = DEFAULT_SUBMISSION_TIMEOUT) -> list[SubmissionStatus]:
+    """Autograde every collected submission (of ``assignment``, or of every assignment), with a progress bar."""
+    assignments = course.assignments() if assignment is None else [assignment]
+    if assignment is not None:
+        course.check_assignment(assignment)
+    for student in students or []:
+        check_student_id(student)
+    check_float("submission_timeout", submission_timeout, minimum=1.0)
+    statuses = []
+    for name in assignments:
+        todo = [s for s in course.submitted_students(name) if students is None or s in students]
+        if not todo:
+            continue
+        _ensure_in_gradebook(course, name)
+        for student in tqdm(todo, desc=f"autograde {name}", unit="submission"):
+            statuses.append(autograde_submission(course, name, student, submission_timeout))
+    return statuses
