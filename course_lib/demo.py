@@ -107,7 +107,7 @@ def _figures(pipe: MiniSDPipeline, images: torch.Tensor, config: MiniSDConfig, o
 
     # img2img: the same red circles re-imagined as blue squares at growing strength
     source = shapes_batch(4, seed=config.seed + 40_000, image_size=config.image_size, pairs=[("red", "circle")])
-    strengths = [0.0, 0.3, 0.5, 0.7, 0.9]
+    strengths = [0.0, 0.15, 0.3, 0.5, 0.8]
     rows = [pipe.img2img(source["image"], ["a blue square"] * 4, strength=s, generator=torch.Generator().manual_seed(0),
                          num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                          progress=False).images for s in strengths]
