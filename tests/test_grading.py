@@ -423,24 +423,27 @@ def _kernels_in(folder: Path) -> list[int]:
 
 
 def test_toy_term_from_the_command_line(toy, tmp_path, capsys):
-    """release -> collect -> autograde (ok, a crashing kernel, an endless loop, no notebook) -> feedback -> export."""
+    """release -> collect -> autograde (ok, a crashing kernel, no notebook, a bad folder name; then an endless
+    loop) -> feedback -> export, all through ``python -m course_lib.grading``."""
     assert main(["release", "toy"]) == 0
     solution = json.loads(nbformat.writes(_toy_solution(toy)))
     crash, endless = json.loads(json.dumps(solution)), json.loads(json.dumps(solution))
     crash["cells"][2]["source"] = "import os\nos._exit(3)"
     endless["cells"][2]["source"] = "def double(x):\n    return 2 * x\nwhile True:\n    pass"
-    zip_path = tmp_path / "subs.zip"
-    with zipfile.ZipFile(zip_path, "w") as zf:
+    with zipfile.ZipFile(tmp_path / "subs.zip", "w") as zf:
+        zf.writestr("crash_toy.ipynb", json.dumps(crash))  # graded first (alphabetical): must not stop the rest
         zf.writestr("ok_toy.ipynb", json.dumps(solution))
         zf.writestr("ok_weights.txt", "fast")
-        zf.writestr("crash_toy.ipynb", json.dumps(crash))
-        zf.writestr("endless_toy.ipynb", json.dumps(endless))
         zf.writestr("empty/weights.txt", "a folder with a file, but no notebook")
-    assert main(["collect", str(zip_path), "--assignment", "toy"]) == 0
+    assert main(["collect", str(tmp_path / "subs.zip"), "--assignment", "toy"]) == 0
+    (toy.submission_dir("bad id", "toy")).mkdir(parents=True)  # made by hand, not by collect
     (tmp_path / "toy2" / "ok").mkdir(parents=True)  # ok also hands in toy2, which is never autograded
     (tmp_path / "toy2" / "ok" / "toy2.ipynb").write_text(json.dumps(solution))
     assert main(["collect", str(tmp_path / "toy2"), "--assignment", "toy2"]) == 0
-    assert main(["autograde", "toy", "--student", "ok", "--student", "crash", "--student", "empty"]) == 0
+    assert main(["autograde", "toy"]) == 0
+    with zipfile.ZipFile(tmp_path / "late.zip", "w") as zf:  # a second download adds a student
+        zf.writestr("endless_toy.ipynb", json.dumps(endless))
+    assert main(["collect", str(tmp_path / "late.zip"), "--assignment", "toy"]) == 0
     assert main(["autograde", "toy", "--student", "endless", "--timeout", "15"]) == 0
     time.sleep(1)
     assert not _kernels_in(toy.root), "a killed submission left its kernel running"
@@ -453,14 +456,15 @@ def test_toy_term_from_the_command_line(toy, tmp_path, capsys):
         rows = {(r["student"], r["assignment"]): r for r in csv.DictReader(f)}
     expected = {("ok", "toy"): "graded", ("crash", "toy"): "failed-kernel-died",
                 ("endless", "toy"): "failed-timeout", ("empty", "toy"): "failed-no-notebook",
-                ("ok", "toy2"): "failed-not-autograded", ("crash", "toy2"): "missing",
-                ("endless", "toy2"): "missing", ("empty", "toy2"): "missing"}
+                ("bad id", "toy"): "failed-invalid-student-id", ("ok", "toy2"): "failed-not-autograded",
+                ("crash", "toy2"): "missing", ("endless", "toy2"): "missing", ("empty", "toy2"): "missing",
+                ("bad id", "toy2"): "missing"}
     assert {key: row["status"] for key, row in rows.items()} == expected
     assert rows[("ok", "toy")]["score"] == "3.0" and rows[("ok", "toy")]["max_score"] == "3.0"
     assert all(row["score"] == "" for key, row in rows.items() if expected[key] != "graded"), "never a silent 0"
     assert all(row["max_score"] == "3.0" for row in rows.values())
     out = capsys.readouterr().out
-    assert "failed-timeout" in out and "wrote 8 row(s)" in out
+    assert "failed-timeout" in out and "wrote 10 row(s)" in out
 
 
 def test_autograde_sets_course_autograde_and_records_timing(toy):

@@ -12,20 +12,23 @@ Two time limits:
                         recorded as failed-timeout
 
 Statuses (saved in grading/status.json, read by ``export``): ``graded``; ``failed-<reason>`` with reason
-no-notebook, invalid-notebook, timeout, kernel-died, autograde-error or worker-crashed. A failure never
-becomes a silent 0.
+no-notebook, invalid-notebook, timeout, kernel-died, autograde-error, worker-crashed or invalid-student-id.
+A failure never becomes a silent 0.
 
 Hardening (sandboxing, memory limits, hostile notebooks) belongs in ``_run_worker``: it is the one place
 where a submission's code is started.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +36,7 @@ from tqdm.auto import tqdm
 
 from course_lib._checks import check_float
 from course_lib._io import atomic_write_json
-from course_lib.grading.course import Course, check_student_id, kernel_environment
+from course_lib.grading.course import STUDENT_ID_PATTERN, Course, check_student_id, kernel_environment
 
 __all__ = ["SubmissionStatus", "autograde", "autograde_submission", "load_statuses", "forget_status"]
 
@@ -120,6 +123,21 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
+@contextlib.contextmanager
+def _caller_script_hidden():
+    """While a worker starts, hide the caller's __main__ from multiprocessing.
+
+    Workers need nothing from it, and multiprocessing would otherwise re-run the caller's script in every
+    worker (a script without an ``if __name__ == "__main__":`` guard would then start grading again).
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 def _process_context():
     """forkserver where there is one (workers start without re-importing nbgrader), else spawn."""
     import multiprocessing
@@ -142,7 +160,8 @@ def _run_worker(course: Course, assignment: str, student: str, timeout: float, l
         job = {"root": str(course.root), "env": env, "log": str(log_path), "result": str(result_path),
                "assignment": assignment, "student": student}
         proc = _process_context().Process(target=_worker.run, args=(job,), name=f"autograde-{student}")
-        proc.start()
+        with _caller_script_hidden():
+            proc.start()
         proc.join(timeout)
         if proc.is_alive():
             _kill_tree(proc.pid)
@@ -212,5 +231,11 @@ def autograde(course: Course, assignment: str | None = None, students: list[str]
             continue
         _ensure_in_gradebook(course, name)
         for student in tqdm(todo, desc=f"autograde {name}", unit="submission"):
+            if not STUDENT_ID_PATTERN.match(student):  # a folder made by hand: record it, grade the others
+                status = SubmissionStatus(name, student, "failed-invalid-student-id",
+                                          "rename the folder: letters, digits, '.', '_' or '-'")
+                _save_status(course, status)
+                statuses.append(status)
+                continue
             statuses.append(autograde_submission(course, name, student, submission_timeout))
     return statuses

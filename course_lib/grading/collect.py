@@ -131,6 +131,9 @@ def _gather(entries: list[Path], assignment: str, report: CollectReport, base: P
         if not match:
             report.ignored.append((where, "not named <student>_<file>"))
             continue
+        if not STUDENT_ID_PATTERN.match(match["student"]):
+            report.ignored.append((where, "the student id is longer than 64 characters"))
+            continue
         found.setdefault(match["student"], {})[match["rest"]] = entry
     for student in sorted(set(found) - folders):
         if not any(name.endswith(".ipynb") for name in found[student]):
