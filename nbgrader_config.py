@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parent
 WORKSPACE = Path(os.environ.get("COURSE_GRADING_DIR") or ROOT / "grading").resolve()
 RELEASE = Path(os.environ.get("COURSE_RELEASE_DIR") or ROOT / "assignments").resolve()
 
-# Every folder solutions/<name>/ holding <name>.ipynb is an assignment (a1_vae, a2_attention, a3_ddpm, ...).
+# The assignments: every folder solutions/<name>/ holding <name>.ipynb (a1_vae, a2_attention, a3_ddpm, ...).
+# nbgrader 0.9 keeps its list in the gradebook, not here: `python -m course_lib.grading release all` registers
+# each one (with its cells and points), and autograding registers any it finds missing in a fresh workspace.
 ASSIGNMENTS = sorted(p.parent.name for p in ROOT.glob("solutions/*/*.ipynb") if p.stem == p.parent.name)
 
 # 1. Course directory. Absolute paths for everything outside the repo's own folders.
@@ -50,7 +52,8 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
                             "__MACOSX", *_INSTRUCTOR_ONLY]
 c.CourseDirectory.max_file_size = 50_000  # kB; a submitted notebook or weight file larger than 50 MB is skipped
 
-# 2. Release: solutions and hidden tests removed, outputs cleared, checksums recorded (nbgrader's defaults).
+# 2. Release: solutions and hidden tests removed, outputs cleared, checksums of read-only cells recorded.
+c.ClearOutput.enabled = True
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 c.ClearSolutions.enforce_metadata = True
