@@ -11,7 +11,8 @@ Glossary (Vaswani et al. 2017, "Attention is all you need", eq. 1):
 
 Masks follow ``torch.nn.functional.scaled_dot_product_attention``'s ``attn_mask``: either a bool tensor where
 True means "may attend", or a float tensor that is *added* to the scores (0 = keep, -inf = drop). A query
-row whose keys are all masked out has no defined softmax and comes out as NaN, exactly as in torch.
+row whose keys are all masked out has no defined softmax: the explicit version returns NaN there, while torch's
+fused kernel (the fast path) returns zeros on the CPU. Give every query at least one key it may attend to.
 
 The submodule names ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` are diffusers' names on purpose: LoRA adapters
 for Stable Diffusion target exactly these layers, and ``MultiHeadAttention.from_diffusers`` copies a diffusers
