@@ -103,9 +103,9 @@ def lecture_04():
 
         **Prerequisites**: lecture 3 (DDPM: forward process, $\\epsilon$-prediction, Algorithms 1 and 2), PyTorch basics.
 
-        **Time**: `FAST=True` about a minute. The full lesson trains a small class-conditional model on handwritten
-        digits in the notebook: about 4 minutes of CPU time on a laptop (11 minutes on our busy shared 2-core test
-        machine, 3 of them for the 1000-step DDPM chain), 1–2 minutes on a Colab GPU.
+        **Time**: `FAST=True` under a minute. The full lesson trains a small class-conditional model on handwritten
+        digits in the notebook: about 5 minutes on a 2-core CPU (measured: 5½ minutes on our 2-core test machine, 1½
+        of them for the 1000-step DDPM chain; twice that when the machine was shared), 1–2 minutes on a Colab GPU.
         '''),
         SETUP,
         params('''
@@ -642,9 +642,9 @@ def lecture_05():
 
         **Prerequisites**: lecture 2 (attention, transformers), PyTorch basics. Lecture 4 is not needed.
 
-        **Time**: `FAST=True` under a minute. The full lesson (training a tiny CLIP for 800 steps) takes about 2
-        minutes of CPU time on a laptop (6 minutes on our busy shared 2-core test machine), about a minute on a Colab
-        GPU.
+        **Time**: `FAST=True` under a minute. The full lesson (training a tiny CLIP for 800 steps) takes about 3 minutes
+        on a 2-core CPU (measured: 2¾ minutes on our 2-core test machine; twice that when the machine was shared),
+        about a minute on a Colab GPU.
         '''),
         SETUP,
         params('''
@@ -1089,10 +1089,10 @@ def lecture_06():
 
         **Prerequisites**: lectures 1 (VAE), 2 (attention), 3 (DDPM), 4 (DDIM, classifier-free guidance), 5 (CLIP).
 
-        **Time**: `FAST=True` about a minute and a half (the pictures are noise: it only checks the plumbing). The full
-        lesson trains three networks: roughly 10 minutes of CPU time on a laptop (29 minutes on our busy shared
-        2-core test machine, 21 of them for the UNet), 3–4 minutes on a Colab GPU. The training cells save their
-        results and resume where they stopped if you interrupt them. `BUDGET = "library"` uses `course_lib.minisd`'s
+        **Time**: `FAST=True` under a minute (the pictures are noise: it only checks the plumbing). The full lesson
+        trains three networks: about 10 minutes on a 2-core CPU (measured: 9 minutes on our 2-core test machine, 7 of
+        them for the UNet; three times that when the machine was shared), 3–4 minutes on a Colab GPU. The training
+        cells save their results and resume where they stopped if you interrupt them. `BUDGET = "library"` uses `course_lib.minisd`'s
         own, longer defaults for better pictures.
         """),
         SETUP,
