@@ -26,10 +26,16 @@ def _timed_out_cells(course, assignment: str, student: str) -> list[str]:
 
 
 def grade(assignment: str, student: str) -> dict:
+    from traitlets.config import Config
+
+    from course_lib.grading import sandbox, sanitize
     from course_lib.grading.course import Course
 
     course = Course()
-    api = course.api()
+    extra = Config()
+    extra.merge(sandbox.kernel_config(course, assignment, student))  # where and how student code runs
+    extra.merge(sanitize.autograde_config(course, assignment))        # what is done to the notebook around it
+    api = course.api(extra_config=extra)
     result = api.autograde(assignment, student, force=True, create=True)
     if not result.get("success"):
         text = (result.get("error") or "") + (result.get("log") or "")
@@ -44,8 +50,9 @@ def grade(assignment: str, student: str) -> dict:
         score, max_score = float(submission.score), float(submission.max_score)
         lost = sorted(g.name for nb in submission.notebooks for g in nb.grades if g.score < g.max_score)
     timed_out = _timed_out_cells(course, assignment, student)
+    findings = sanitize.findings(course, assignment, student)  # e.g. "test cell test_kl was edited: restored"
     detail = "; ".join(([f"points lost in {', '.join(lost)}"] if lost else [])
-                       + ([f"cell timeout in {', '.join(timed_out)}"] if timed_out else []))
+                       + ([f"cell timeout in {', '.join(timed_out)}"] if timed_out else []) + findings)
     return {"status": "graded", "detail": detail, "score": score, "max_score": max_score}
 
 

@@ -164,8 +164,13 @@ class Course:
                 self._config = PyFileConfigLoader(CONFIG_FILE, path=str(self.root)).load_config()
         return self._config
 
-    def api(self):
-        """An ``nbgrader.apps.NbGraderAPI`` on this course (creates the workspace folder if needed)."""
+    def api(self, extra_config=None):
+        """An ``nbgrader.apps.NbGraderAPI`` on this course (creates the workspace folder if needed).
+
+        extra_config  a traitlets Config merged over nbgrader_config.py for this API only (the autograde worker
+                      adds its sandboxed kernel and its sanitising preprocessors this way)
+        """
+        import copy
         import logging
 
         from nbgrader.apps import NbGraderAPI
@@ -174,6 +179,9 @@ class Course:
         _put_scripts_on_path()
         self.workspace.mkdir(parents=True, exist_ok=True)
         config = self.config()
+        if extra_config is not None:
+            config = copy.deepcopy(config)
+            config.merge(extra_config)
         coursedir = CourseDirectory(config=config)
         api = NbGraderAPI(coursedir=coursedir, config=config)
         api.log_level = logging.WARNING
