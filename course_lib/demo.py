@@ -28,7 +28,7 @@ from course_lib.metrics import (feature_frechet_distance, per_prompt_accuracy, p
                                 ShapeEvaluator, train_evaluator)
 from course_lib.minisd import (MiniSDConfig, _train_data, build_pipeline, prompt_set, train_clip,  # noqa: E402
                                train_unet, train_vae)
-from course_lib.pipeline import MiniSDPipeline  # noqa: E402
+from course_lib.pipeline import TEXT_FEATURES, MiniSDPipeline  # noqa: E402
 from course_lib.viz import plot_losses, save_image_grid  # noqa: E402
 
 __all__ = ["run_demo", "evaluate_pipeline", "main"]
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, help=f"size of the rendered training set "
                    f"(default {defaults.num_train_images})")
     p.add_argument("--guidance-scale", type=float, help=f"(default {defaults.guidance_scale})")
+    p.add_argument("--text-features", choices=TEXT_FEATURES,
+                   help=f"what the UNet cross-attends to (default {defaults.text_features})")
     p.add_argument("--steps", type=int, help=f"DDIM sampling steps (default {defaults.num_inference_steps})")
     p.add_argument("--seeds-per-prompt", type=int, default=8, help="images per prompt for the accuracy figures")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -226,7 +228,7 @@ def config_from_args(args) -> MiniSDConfig:
         ("seed", args.seed), ("vae_steps", args.vae_steps), ("clip_steps", args.clip_steps),
         ("unet_steps", args.unet_steps), ("unet_batch_size", args.unet_batch_size),
         ("num_train_images", args.train_images), ("guidance_scale", args.guidance_scale),
-        ("num_inference_steps", args.steps)) if value is not None}
+        ("num_inference_steps", args.steps), ("text_features", args.text_features)) if value is not None}
     config = MiniSDConfig.fast(**overrides) if args.fast else MiniSDConfig(**overrides)
     if args.unet_channels:
         config.unet = dataclasses.replace(config.unet, block_channels=tuple(args.unet_channels))

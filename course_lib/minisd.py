@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from course_lib._checks import check_float, check_int
+from course_lib._checks import check_choice, check_float, check_int
 from course_lib._io import atomic_write_json, load_pretrained, save_pretrained
 from course_lib.data import COLOURS, SHAPES, all_pairs, caption_for, shapes_batch
 from course_lib.guidance import apply_keep_mask, sample_keep_mask
-from course_lib.pipeline import MiniSDPipeline
+from course_lib.pipeline import TEXT_FEATURES, MiniSDPipeline, encode_text
 from course_lib.schedulers import DDIMScheduler, DDPMScheduler
 from course_lib.text import CaptionTokenizer, CLIPConfig, TextEncoder, TinyCLIP, contrastive_loss, zero_shot_classify
 from course_lib.train import EMA, cosine_schedule_with_warmup, train_loop
@@ -69,6 +69,7 @@ class MiniSDConfig:
     unet_batch_size: int = 64
     unet_lr: float = 1e-3
     cond_dropout: float = 0.1
+    text_features: str = "last_hidden_state"  # what the UNet attends to (pipeline.encode_text)
     ema_decay: float = 0.999
     snr_gamma: float | None = 5.0   # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
     num_train_timesteps: int = 1000
@@ -89,6 +90,7 @@ class MiniSDConfig:
             check_float(name, getattr(self, name), minimum=0.0, min_inclusive=False)
         check_float("vae_beta", self.vae_beta, minimum=0.0)
         check_float("cond_dropout", self.cond_dropout, minimum=0.0, maximum=1.0)
+        check_choice("text_features", self.text_features, TEXT_FEATURES)
         check_float("ema_decay", self.ema_decay, minimum=0.0, maximum=1.0)
         check_float("guidance_scale", self.guidance_scale, minimum=0.0)
         if self.snr_gamma is not None:
@@ -284,15 +286,16 @@ def _encode_dataset(vae: VAE, images: torch.Tensor, batch_size: int = 512) -> tu
 
 
 @torch.no_grad()
-def _encode_captions(text_encoder: TextEncoder, tokenizer: CaptionTokenizer, captions: list[str]):
+def _encode_captions(text_encoder: TextEncoder, tokenizer: CaptionTokenizer, captions: list[str],
+                     text_features: str = "last_hidden_state"):
     """tau(y) for every distinct caption, computed once (the text encoder is frozen).
-    Returns (features (U, L, D), masks (U, L) bool, index of each caption (N,))."""
+    Returns (features (U, L', D), masks (U, L') bool, index of each caption (N,), index of "")."""
     unique = sorted(set(captions) | {""})
     tokens = tokenizer(unique, max_length=text_encoder.config.max_length)
-    features = text_encoder(tokens["input_ids"], tokens["attention_mask"]).last_hidden_state
+    features, masks = encode_text(text_encoder, tokens["input_ids"], tokens["attention_mask"], text_features)
     lookup = {caption: i for i, caption in enumerate(unique)}
     index = torch.tensor([lookup[c] for c in captions])
-    return features, tokens["attention_mask"].bool(), index, lookup[""]
+    return features, masks, index, lookup[""]
 
 
 def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder: TextEncoder,
@@ -301,13 +304,18 @@ def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder
     Returns the EMA weights (what sampling uses)."""
     folder = Path(out_dir) / "unet"
     if (done := _stage_done(folder)) is not None:
+        trained_on = done.get("text_features", "last_hidden_state")  # reports older than the option: SD's choice
+        if trained_on != config.text_features:
+            raise ValueError(f"config.text_features is {config.text_features!r} but the UNet in {folder} was trained "
+                             f"on {trained_on!r}; start a fresh output folder (demo: --fresh)")
         return UNet.from_pretrained(folder), done
     start = time.perf_counter()
     data = _train_data(config) if data is None else data
     vae.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     means, stds = _encode_dataset(vae, data["image"])
-    features, masks, caption_index, empty = _encode_captions(text_encoder, tokenizer, data["caption"])
+    features, masks, caption_index, empty = _encode_captions(text_encoder, tokenizer, data["caption"],
+                                                             config.text_features)
     unet_config = dataclasses.replace(config.unet, in_channels=vae.config.latent_channels,
                                       out_channels=vae.config.latent_channels, context_dim=text_encoder.config.width)
     torch.manual_seed(config.seed + 2)
@@ -342,6 +350,7 @@ def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder
     ema.copy_to(unet)
     unet.eval()
     report = {"parameters": unet.num_parameters(), "steps": config.unet_steps, "batch_size": config.unet_batch_size,
+              "text_features": config.text_features,
               "seconds": time.perf_counter() - start, "losses": history.losses,
               "steps_per_second": config.unet_steps / max(time.perf_counter() - start, 1e-9)}
     unet.save_pretrained(folder)
@@ -356,4 +365,5 @@ def build_pipeline(config: MiniSDConfig, vae: VAE, text_encoder: TextEncoder, to
     sampler = DDIMScheduler(num_train_timesteps=train_scheduler.config.num_train_timesteps,
                             beta_schedule=config.beta_schedule, beta_start=0.00085, beta_end=0.012,
                             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return MiniSDPipeline(vae, text_encoder, tokenizer, unet, sampler, scale_factor, image_size=config.image_size)
+    return MiniSDPipeline(vae, text_encoder, tokenizer, unet, sampler, scale_factor, image_size=config.image_size,
+                          text_features=config.text_features)

@@ -15,6 +15,14 @@ The three tasks share one denoising loop (``denoise``); they differ only in wher
                 to the current level, so only the masked region is generated (the "blended" inpainting of
                 Avrahami et al. 2022 / RePaint-style, which works with any text-to-image model)
 The batch order inside the loop is unconditional first, as in diffusers.
+
+What the UNet cross-attends to (``text_features``, see ``encode_text``):
+    "last_hidden_state"                   tau(y) = the encoder's last hidden states (L tokens), as in SD v1.5
+    "last_hidden_state+token_embeddings"  those L states followed by the L context-free token embeddings
+                                          (word + position, layer-normalised): 2L tokens. In a small causal
+                                          encoder the state of "circle" in "a yellow circle" is dominated by
+                                          "yellow"; the context-free copy keeps each word's meaning on its own,
+                                          which is what lets the UNet draw colour-shape pairs it never saw.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from course_lib._checks import check_float, check_int, check_tensor
+from course_lib._checks import check_choice, check_float, check_int, check_tensor
 from course_lib._io import atomic_write_json, load_pretrained, save_pretrained
 from course_lib.guidance import cfg_combine
 from course_lib.schedulers import DDIMScheduler, DDPMScheduler
@@ -36,7 +44,24 @@ from course_lib.text import CaptionTokenizer, CLIPConfig, TextEncoder
 from course_lib.unet import UNet
 from course_lib.vae import VAE
 
-__all__ = ["MiniSDPipeline", "PipelineOutput"]
+__all__ = ["MiniSDPipeline", "PipelineOutput", "TEXT_FEATURES", "encode_text"]
+
+TEXT_FEATURES = ("last_hidden_state", "last_hidden_state+token_embeddings")
+
+
+def encode_text(text_encoder: TextEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                text_features: str = "last_hidden_state") -> tuple[torch.Tensor, torch.Tensor]:
+    """tau(y): input_ids, attention_mask (B, L) -> features (B, L', width) and mask (B, L') bool, where
+    L' = L for "last_hidden_state" and 2L for "last_hidden_state+token_embeddings" (module docstring)."""
+    check_choice("text_features", text_features, TEXT_FEATURES)
+    hidden = text_encoder(input_ids, attention_mask).last_hidden_state  # (B, L, width)
+    mask = attention_mask.bool()
+    if text_features == "last_hidden_state":
+        return hidden, mask
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    words = text_encoder.token_embedding(input_ids) + text_encoder.position_embedding(positions)  # (B, L, width)
+    words = F.layer_norm(words, (text_encoder.config.width,))
+    return torch.cat([hidden, words], dim=1), torch.cat([mask, mask], dim=1)  # (B, 2L, width), (B, 2L)
 
 
 @dataclass
@@ -58,10 +83,12 @@ def _prompt_list(prompts) -> list[str]:
 
 
 class MiniSDPipeline:
-    """Stable Diffusion in miniature: ``vae``, ``text_encoder`` + ``tokenizer``, ``unet``, ``scheduler``."""
+    """Stable Diffusion in miniature: ``vae``, ``text_encoder`` + ``tokenizer``, ``unet``, ``scheduler``.
+    ``text_features`` must be what the UNet was trained on (``encode_text``)."""
 
     def __init__(self, vae: VAE, text_encoder: TextEncoder, tokenizer: CaptionTokenizer, unet: UNet,
-                 scheduler: DDIMScheduler | DDPMScheduler, scale_factor: float, image_size: int = 32):
+                 scheduler: DDIMScheduler | DDPMScheduler, scale_factor: float, image_size: int = 32,
+                 text_features: str = "last_hidden_state"):
         for name, value, cls in (("vae", vae, VAE), ("text_encoder", text_encoder, TextEncoder),
                                  ("tokenizer", tokenizer, CaptionTokenizer), ("unet", unet, UNet),
                                  ("scheduler", scheduler, (DDIMScheduler, DDPMScheduler))):
@@ -69,6 +96,7 @@ class MiniSDPipeline:
                 raise ValueError(f"{name} must be a {getattr(cls, '__name__', cls)}, got {type(value).__name__}")
         check_float("scale_factor", scale_factor, minimum=0.0, min_inclusive=False)
         check_int("image_size", image_size, minimum=1)
+        check_choice("text_features", text_features, TEXT_FEATURES)
         factor = vae.config.downsample_factor * 2 ** (unet.config.num_levels - 1)
         if image_size % factor:
             raise ValueError(f"image_size must be divisible by {factor} (the VAE's and UNet's downsampling), "
@@ -81,7 +109,7 @@ class MiniSDPipeline:
                              f"got in_channels={unet.config.in_channels}")
         self.vae, self.text_encoder, self.tokenizer = vae.eval(), text_encoder.eval(), tokenizer
         self.unet, self.scheduler, self.scale_factor = unet.eval(), scheduler, float(scale_factor)
-        self.image_size = image_size
+        self.image_size, self.text_features = image_size, text_features
 
     @property
     def device(self) -> torch.device:
@@ -91,10 +119,11 @@ class MiniSDPipeline:
 
     @torch.no_grad()
     def encode_prompt(self, prompts) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts -> tau(y) (B, L, width) and the padding mask (B, L) bool (True = a real token)."""
+        """Prompts -> tau(y) (B, L', width) and its padding mask (B, L') bool (True = a real token);
+        L' = L tokens, or 2L with ``text_features="last_hidden_state+token_embeddings"``."""
         tokens = self.tokenizer(_prompt_list(prompts), max_length=self.text_encoder.config.max_length)
         ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
-        return self.text_encoder(ids, mask).last_hidden_state, mask.bool()
+        return encode_text(self.text_encoder, ids, mask, self.text_features)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -237,6 +266,7 @@ class MiniSDPipeline:
         self.scheduler.save_pretrained(folder / "scheduler")
         atomic_write_json(folder / "pipeline.json", {"scale_factor": self.scale_factor,
                                                      "image_size": self.image_size,
+                                                     "text_features": self.text_features,
                                                      "scheduler": type(self.scheduler).__name__})
         return folder
 
@@ -252,5 +282,6 @@ class MiniSDPipeline:
                    tokenizer=CaptionTokenizer.load(folder / "tokenizer.json"),
                    unet=UNet.from_pretrained(folder / "unet", device=device),
                    scheduler=scheduler_cls.from_pretrained(folder / "scheduler"),
-                   scale_factor=meta["scale_factor"], image_size=int(meta["image_size"]))
+                   scale_factor=meta["scale_factor"], image_size=int(meta["image_size"]),
+                   text_features=meta.get("text_features", "last_hidden_state"))  # older files: SD's choice
         return pipe

@@ -34,6 +34,11 @@ def test_config_round_trip_and_validation():
         MiniSDConfig(unet_steps=0)
     with pytest.raises(ValueError, match="cond_dropout"):
         MiniSDConfig(cond_dropout=1.5)
+    with pytest.raises(ValueError, match="text_features"):
+        MiniSDConfig(text_features="pooled")
+    old = MiniSDConfig().to_dict()
+    del old["text_features"]  # a config.json written before the option existed
+    assert MiniSDConfig.from_dict(old).text_features == MiniSDConfig().text_features
 
 
 def test_prompt_set_covers_every_pair_once():

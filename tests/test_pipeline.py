@@ -6,7 +6,7 @@ The components are tiny and untrained: these tests check the plumbing against lo
 import pytest
 import torch
 
-from course_lib.pipeline import MiniSDPipeline
+from course_lib.pipeline import MiniSDPipeline, encode_text
 from course_lib.schedulers import DDIMScheduler, DDPMScheduler
 from course_lib.text import CaptionTokenizer, CLIPConfig, TextEncoder
 from course_lib.unet import UNet, UNetConfig
@@ -137,6 +137,45 @@ def test_ddpm_scheduler_works_too(pipe):
     assert out.images.shape == (2, 3, 32, 32) and torch.isfinite(out.images).all()
 
 
+def test_token_embedding_features_append_the_context_free_words(pipe):
+    tok = pipe.tokenizer(PROMPTS, max_length=12)
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    with torch.no_grad():
+        features, features_mask = encode_text(pipe.text_encoder, ids, mask, "last_hidden_state+token_embeddings")
+        hidden = pipe.text_encoder(ids, mask).last_hidden_state
+        te = pipe.text_encoder
+        words = te.token_embedding.weight[ids] + te.position_embedding.weight[:12]  # (B, L, width)
+        mean, var = words.mean(-1, keepdim=True), words.var(-1, unbiased=False, keepdim=True)
+        words = (words - mean) / torch.sqrt(var + 1e-5)
+    assert features.shape == (2, 24, te.config.width) and features_mask.shape == (2, 24)
+    torch.testing.assert_close(features[:, :12], hidden, atol=1e-6, rtol=0)
+    torch.testing.assert_close(features[:, 12:], words, atol=1e-5, rtol=0)
+    assert torch.equal(features_mask, torch.cat([mask, mask], dim=1).bool())
+    # the appended half of "circle" does not depend on the words before it; the hidden state does
+    other = pipe.tokenizer(["a green circle"], max_length=12)["input_ids"]
+    assert ids[0, 3] == other[0, 3]  # "circle" at the same position
+    with torch.no_grad():
+        f_other, _ = encode_text(te, other, torch.ones_like(other).masked_fill(other == 0, 0),
+                                 "last_hidden_state+token_embeddings")
+    torch.testing.assert_close(f_other[0, 12 + 3], features[0, 12 + 3])
+    assert not torch.allclose(f_other[0, 3], features[0, 3])
+
+
+def test_pipeline_with_token_embedding_features_samples_and_round_trips(pipe, tmp_path):
+    other = MiniSDPipeline(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler, 0.5,
+                           text_features="last_hidden_state+token_embeddings")
+    cond, cond_mask = other.encode_prompt(PROMPTS)
+    assert cond.shape[1] == cond_mask.shape[1] == 24
+    latents = _noise(pipe, 6)
+    a = other(PROMPTS, num_inference_steps=2, latents=latents, progress=False).images
+    b = pipe(PROMPTS, num_inference_steps=2, latents=latents, progress=False).images
+    assert not torch.equal(a, b)  # the UNet sees other tokens
+    other.save_pretrained(tmp_path / "p")
+    loaded = MiniSDPipeline.from_pretrained(tmp_path / "p")
+    assert loaded.text_features == "last_hidden_state+token_embeddings"
+    assert torch.equal(loaded(PROMPTS, num_inference_steps=2, latents=latents, progress=False).images, a)
+
+
 IMAGES = torch.zeros(2, 3, 32, 32)
 MASK = torch.zeros(1, 1, 32, 32)
 BAD = [
@@ -159,6 +198,9 @@ BAD = [
     ("unet", lambda p: MiniSDPipeline(p.vae, p.text_encoder, p.tokenizer, UNet(UNetConfig.tiny()), p.scheduler,
                                       1.0)),
     ("folder", lambda p: MiniSDPipeline.from_pretrained("/nonexistent/pipeline")),
+    ("text_features", lambda p: MiniSDPipeline(p.vae, p.text_encoder, p.tokenizer, p.unet, p.scheduler, 1.0,
+                                               text_features="pooled")),
+    ("text_features", lambda p: encode_text(p.text_encoder, torch.tensor([[1, 2]]), torch.tensor([[1, 1]]), "all")),
 ]
 
 
