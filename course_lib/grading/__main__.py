@@ -7,6 +7,7 @@ import time
 
 from course_lib.grading import Course, autograde, collect, export_csv, feedback, release
 from course_lib.grading.autograde import DEFAULT_SUBMISSION_TIMEOUT
+from course_lib.grading.sandbox import GIB, SandboxSettings
 
 EPILOG = """typical term: release all (commit assignments/) -> students submit -> collect submissions.zip ->
 autograde -> feedback -> export grades.csv. Everything produced lives in the git-ignored grading/ folder
@@ -37,12 +38,25 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("autograde", help="autograde every collected submission, one process per student",
                             description="Each submission is graded in its own process with COURSE_AUTOGRADE=1 "
-                                        "(training cells are skipped). A broken submission is recorded as "
-                                        "failed-<reason> and the others go on.")
+                                        "(training cells are skipped), several at once, each kernel in a sandbox "
+                                        "(Linux namespaces: it cannot see the solutions, the gradebook or other "
+                                        "students' files; memory, CPU, file size and process limits). A broken "
+                                        "submission is recorded as failed-<reason> and the others go on.")
     p.add_argument("assignment", nargs="?", help="assignment name (default: every assignment with submissions)")
     p.add_argument("--student", action="append", help="only this student (repeatable)")
     p.add_argument("--timeout", type=float, default=DEFAULT_SUBMISSION_TIMEOUT,
                    help=f"seconds one whole submission may take (default {DEFAULT_SUBMISSION_TIMEOUT:.0f})")
+    defaults = SandboxSettings()
+    p.add_argument("--jobs", "-j", type=int, help="submissions graded at once (default: number of CPU cores)")
+    p.add_argument("--memory", type=float, default=defaults.memory_bytes / GIB,
+                   help=f"address-space limit of each kernel in GiB (default {defaults.memory_bytes / GIB:g})")
+    p.add_argument("--cpu-seconds", type=int, default=defaults.cpu_seconds,
+                   help=f"CPU-time limit of each kernel (default {defaults.cpu_seconds})")
+    p.add_argument("--read-only", action="append", default=[], metavar="FOLDER",
+                   help="a folder the notebooks read (data), visible read-only in the sandbox (repeatable)")
+    p.add_argument("--allow-unsandboxed", action="store_true",
+                   help="grade even where namespaces are unavailable (limits only: student code can then read "
+                        "solutions, hidden tests and the gradebook)")
 
     p = commands.add_parser("feedback", help="generate HTML feedback for every autograded submission")
     p.add_argument("assignment", nargs="?", help="assignment name (default: all)")
@@ -68,12 +82,18 @@ def _release(course: Course, args) -> int:
 
 
 def _autograde(course: Course, args) -> int:
+    from pathlib import Path
+
     start = time.perf_counter()
-    statuses = autograde(course, args.assignment, args.student, args.timeout)
+    sandbox = SandboxSettings(allow_unsandboxed=args.allow_unsandboxed, memory_bytes=int(args.memory * GIB),
+                              cpu_seconds=args.cpu_seconds,
+                              read_only_paths=[str(Path(p).resolve()) for p in args.read_only])
+    statuses = autograde(course, args.assignment, args.student, args.timeout, jobs=args.jobs, sandbox=sandbox)
     for s in statuses:
         score = f"{s.score:g}/{s.max_score:g}" if s.status == "graded" else "-"
         print(f"{s.assignment:<22} {s.student:<20} {s.status:<28} {score:>9} {s.seconds:6.1f} s  {s.detail}")
-    print(f"{len(statuses)} submission(s) in {time.perf_counter() - start:.1f} s")
+    isolation = sorted({s.isolation for s in statuses if s.isolation})
+    print(f"{len(statuses)} submission(s) in {time.perf_counter() - start:.1f} s; kernels: {'; '.join(isolation)}")
     return 0
 
 
