@@ -11,6 +11,7 @@ from course_lib.sd import (DEFAULT_MODEL_ID, DEFAULT_REVISION, LORA_WEIGHT_NAME,
                            count_parameters, encode_images, encode_prompts, generate, load_pipeline,
                            load_sd_components, min_snr_weights, noise_prediction_loss, pick_precision,
                            precision_for, sd15_config, sd15_empty_model, tiny_tokenizer_files, train_lora)
+from course_lib.sd.components import SDComponents
 from course_lib.sd.lora_training import _unscale_or_skip, sample_indices
 from course_lib.sd.tiny import TOY_WORDS, _apply_merges, _byte_symbols, _word_symbols
 
@@ -199,6 +200,65 @@ def test_hub_id_without_network_gives_a_clear_error(monkeypatch):
     assert "build_tiny_sd" in str(info.value)
 
 
+def _fake_hub_cache(tiny_folder, cache, repo_id: str, revision: str) -> None:
+    """A Hugging Face hub cache (models--owner--name/snapshots/<commit>, refs/main) holding the tiny SD, as
+    from_pretrained leaves it after a download: offline, a hub id then loads from this cache only."""
+    import shutil
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(tiny_folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+def test_hub_id_loads_from_cache_dir_offline(tiny_folder, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    _fake_hub_cache(tiny_folder, tmp_path / "cache", "course/tiny-sd", revision)
+    loaded = load_sd_components("course/tiny-sd", revision=revision, cache_dir=tmp_path / "cache")
+    assert torch.equal(loaded.unet.conv_in.weight, tiny.unet.conv_in.weight)
+    with pytest.raises(ModelNotAvailableError):                      # the default cache does not have it
+        load_sd_components("course/tiny-sd", revision=revision)
+
+
+def test_components_to_moves_without_the_dtype_warning(tiny_folder):
+    """diffusers warns "Casting directly with `to()`..." whenever dtype= is passed, even dtype=None."""
+    import logging
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    diffusers_logger = logging.getLogger("diffusers")  # diffusers' loggers do not propagate to the root logger
+    diffusers_logger.addHandler(handler)
+    try:
+        components = load_sd_components(tiny_folder)
+        assert components.to("cpu") is components
+        load_sd_components(tiny_folder, device="cpu")
+        assert not [m for m in messages if "Casting directly" in m], messages
+        components.to(dtype=torch.bfloat16)
+    finally:
+        diffusers_logger.removeHandler(handler)
+    assert {next(m.parameters()).dtype for m in (components.unet, components.vae, components.text_encoder)} == \
+        {torch.bfloat16}
+    assert [m for m in messages if "Casting directly" in m]  # a real cast is still reported
+
+
+def test_before_after_grid_labels_do_not_overlap_on_narrow_images(tiny_folder, tmp_path, monkeypatch):
+    """64-pixel images, long prompts: the column titles are wrapped so that no two of them overlap."""
+    import course_lib.viz as viz
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    figures, make_figure = [], viz._labelled_grid_figure
+    monkeypatch.setattr(viz, "_labelled_grid_figure", lambda *a, **k: figures.append(make_figure(*a, **k)) or
+                        figures[-1])
+    prompts = ["a photo of a small red circle on a white background", "a blue square", "a green triangle at the top"]
+    before_after_grid(load_pipeline(tiny_folder), prompts, [0, 1, 12], num_inference_steps=1,
+                      path=tmp_path / "grid.png")
+    renderer = FigureCanvasAgg(figures[0]).get_renderer()
+    labels = figures[0].axes[0].get_xticklabels()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert len(boxes) == 3 and all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]
+    assert [label.get_text().replace("\n", " ") for label in labels] == \
+        [f"{p} (seed {s})" for p, s in zip(prompts, [0, 1, 12])]
+
+
 # ---------------------------------------------------------------- precision rule (mocked CUDA)
 
 @pytest.mark.parametrize("capability, mixed, dtype, scaler", [
@@ -259,6 +319,19 @@ def trained(tiny_folder, one_image, tmp_path_factory):
     result = train_lora(_config(one_image[0], out, validation_prompts=(CAPTION,), validation_every=8,
                                 num_inference_steps=2, alpha=8.0), components)  # scaling alpha / r = 2
     return components, result, out
+
+
+def test_train_lora_reads_model_and_dataset_through_cache_dir(tiny_folder, one_image, tmp_path, monkeypatch):
+    """components=None: the hub id is loaded from cache_dir (offline), and `datasets` writes its Arrow cache there."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "cache"
+    _fake_hub_cache(tiny_folder, cache, "course/tiny-sd", revision)
+    config = _config(one_image[0], tmp_path / "out", max_train_steps=1, train_batch_size=1,
+                     pretrained_model_name_or_path="course/tiny-sd", revision=revision, cache_dir=str(cache))
+    result = train_lora(config)
+    assert result.lora_path.is_file() and len(result.losses) == 1
+    assert any(p.suffix == ".arrow" for p in cache.rglob("*") if "models--" not in str(p))
 
 
 def test_config_round_trips_through_json(tmp_path):
@@ -486,6 +559,10 @@ def test_killed_run_resumes_from_the_copied_checkpoint_bit_for_bit(tiny_folder, 
     (lambda tmp: load_sd_components(DEFAULT_MODEL_ID, torch_dtype=torch.int8), "torch_dtype"),
     (lambda tmp: load_sd_components(DEFAULT_MODEL_ID, device="gpu"), "device"),
     (lambda tmp: load_pipeline(tmp / "missing-folder"), "model_id_or_path"),
+    (lambda tmp: load_sd_components(DEFAULT_MODEL_ID, cache_dir=3), "cache_dir"),
+    (lambda tmp: SDComponents(None, None, None, None, None).to(dtype=torch.int8), "dtype"),
+    (lambda tmp: SDComponents(None, None, None, None, None).to(device="gpu"), "device"),
+    (lambda tmp: load_sd_components(DEFAULT_MODEL_ID, cache_dir=""), "cache_dir"),
     (lambda tmp: build_tiny_sd(tmp, seed=-1), "seed"),
     (lambda tmp: build_tiny_sd(tmp, seed=1.0), "seed"),
     (lambda tmp: build_tiny_sd(None), "folder"),
@@ -511,7 +588,7 @@ def test_killed_run_resumes_from_the_copied_checkpoint_bit_for_bit(tiny_folder, 
         ("mixed_precision", "fp8"), ("validation_prompts", "a red circle"), ("validation_every", 0),
         ("num_inference_steps", 0), ("checkpoint_every", 0), ("keep_last", 0), ("copy_checkpoints_to", ""),
         ("seed", -1), ("resume", "earliest"), ("device", "gpu"), ("revision", ""), ("dataset_split", ""),
-        ("adam_weight_decay", -0.1), ("guidance_scale", -1.0)]],
+        ("adam_weight_decay", -0.1), ("guidance_scale", -1.0), ("cache_dir", ""), ("cache_dir", 3)]],
     (lambda tmp: _config(tmp, tmp, validation_every=5), "validation_every"),   # without prompts
 ])
 def test_bad_input_raises_value_error_naming_the_argument(tmp_path, call, argname):

@@ -25,10 +25,14 @@ __all__ = ["DEFAULT_MODEL_ID", "DEFAULT_REVISION", "ModelNotAvailableError", "SD
 
 # The runwayml/stable-diffusion-v1-5 repo no longer exists; this is its official mirror.
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-# Pinned commit of that repo, so every student gets the same files. This hash was NOT read from the hub
-# (no network here): it is the snapshot folder name found in several public projects that cache this repo
-# (under both "stable-diffusion-v1-5" and its alias "sd-legacy"). An older commit of the same weights is
-# 451f4fe16113bff5a5d2269ed5ad43b0592e9a14. If the hub ever refuses it, pass revision="main".
+# Pinned commit of that repo, so every student gets the same files. UNVERIFIED OFFLINE: this hash was not
+# read from the hub (no network where the course was written). The evidence, from public code: projects pin
+# it for "stable-diffusion-v1-5/stable-diffusion-v1-5" (MODEL_REVISION = ..., and a
+# huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/tree/<hash>/ weights URL in imaginAIry's
+# config.py), and it is the snapshot folder name of this repo in many Hugging Face caches, under the mirror's
+# name, its alias "sd-legacy" and the original "runwayml" (the mirror kept runwayml's history). An older
+# commit, pinned elsewhere for the same repo, is 451f4fe16113bff5a5d2269ed5ad43b0592e9a14.
+# If the hub ever refuses it, pass revision="main".
 DEFAULT_REVISION = "f03de327dd89b501a01da37fc5240cf4fdba85a1"
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -55,8 +59,12 @@ class SDComponents:
 
     def to(self, device=None, dtype=None) -> "SDComponents":
         """Move the three networks (in place, like ``nn.Module.to``) and return self."""
-        for model in (self.unet, self.vae, self.text_encoder):
-            model.to(device=device, dtype=dtype)
+        _check_dtype_device(dtype, device, dtype_name="dtype")
+        # only the arguments given: diffusers warns about any dtype= (even None) as if it were a cast
+        moves = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
+        if moves:
+            for model in (self.unet, self.vae, self.text_encoder):
+                model.to(**moves)
         return self
 
     def pipeline(self):
@@ -67,12 +75,14 @@ class SDComponents:
                                        feature_extractor=None, requires_safety_checker=False)
 
 
-def _source(model_id_or_path, revision) -> tuple[str, dict]:
-    """(where, from_pretrained kwargs): a local folder loads offline, a hub id at a revision."""
+def _source(model_id_or_path, revision, cache_dir=None) -> tuple[str, dict]:
+    """(where, from_pretrained kwargs): a local folder loads offline, a hub id at a revision (from cache_dir)."""
     if not isinstance(model_id_or_path, (str, os.PathLike)):
         raise ValueError(f"model_id_or_path must be a str or path, got {type(model_id_or_path).__name__}")
     if revision is not None and (not isinstance(revision, str) or not revision):
         raise ValueError(f"revision must be a non-empty str (branch, tag or commit hash) or None, got {revision!r}")
+    if cache_dir is not None and (not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir)):
+        raise ValueError(f"cache_dir must be a folder path or None, got {cache_dir!r}")
     path = Path(model_id_or_path).expanduser()
     if path.is_dir():
         missing = [name for name in SUBFOLDERS if not (path / name).is_dir()]
@@ -81,14 +91,15 @@ def _source(model_id_or_path, revision) -> tuple[str, dict]:
                              f"{SUBFOLDERS}, missing {missing}")
         return str(path), {"local_files_only": True}
     if isinstance(model_id_or_path, str) and _HUB_ID.match(model_id_or_path):
-        return model_id_or_path, ({} if revision is None else {"revision": revision})
+        kwargs = {} if revision is None else {"revision": revision}
+        return model_id_or_path, kwargs if cache_dir is None else {**kwargs, "cache_dir": str(cache_dir)}
     raise ValueError(f"model_id_or_path must be an existing folder or a hub id 'owner/name', "
                      f"got {str(model_id_or_path)!r}")
 
 
-def _check_dtype_device(torch_dtype, device) -> None:
+def _check_dtype_device(torch_dtype, device, dtype_name: str = "torch_dtype") -> None:
     if torch_dtype is not None and torch_dtype not in _DTYPES:
-        raise ValueError(f"torch_dtype must be None or one of {_DTYPES}, got {torch_dtype!r}")
+        raise ValueError(f"{dtype_name} must be None or one of {_DTYPES}, got {torch_dtype!r}")
     if device is not None:
         try:
             torch.device(device)
@@ -105,15 +116,16 @@ def _load_scheduler(where: str, kwargs: dict):
 
 
 def load_sd_components(model_id_or_path: str | os.PathLike = DEFAULT_MODEL_ID, revision: str | None = DEFAULT_REVISION,
-                       torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None
-                       ) -> SDComponents:
+                       torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> SDComponents:
     """Load unet, vae, text_encoder, tokenizer and scheduler from a hub id (at ``revision``) or a local folder.
 
-    A local folder is read with ``local_files_only=True`` (``revision`` is then ignored). Networks are
-    returned in eval mode, in ``torch_dtype`` (default: as stored) and on ``device`` (default: CPU).
-    Without network, a hub id that is not in the local cache raises ``ModelNotAvailableError``.
+    A local folder is read with ``local_files_only=True`` (``revision`` and ``cache_dir`` are then ignored).
+    Networks are returned in eval mode, in ``torch_dtype`` (default: as stored) and on ``device`` (default:
+    CPU). A hub id is downloaded into, or read from, ``cache_dir`` (default: ~/.cache/huggingface/hub).
+    Without network, a hub id that is not in the cache raises ``ModelNotAvailableError``.
     """
-    where, kwargs = _source(model_id_or_path, revision)
+    where, kwargs = _source(model_id_or_path, revision, cache_dir)
     _check_dtype_device(torch_dtype, device)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -137,6 +149,7 @@ def load_sd_components(model_id_or_path: str | os.PathLike = DEFAULT_MODEL_ID, r
 
 
 def load_pipeline(model_id_or_path: str | os.PathLike = DEFAULT_MODEL_ID, revision: str | None = DEFAULT_REVISION,
-                  torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+                  torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                  cache_dir: str | os.PathLike | None = None):
     """``StableDiffusionPipeline`` built from ``load_sd_components`` (same arguments), safety checker off."""
-    return load_sd_components(model_id_or_path, revision, torch_dtype, device).pipeline()
+    return load_sd_components(model_id_or_path, revision, torch_dtype, device, cache_dir).pipeline()

@@ -12,6 +12,7 @@ Images come back as tensors (N, 3, H, W) in [-1, 1], the course's convention, on
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 
 import torch
@@ -69,6 +70,16 @@ def generate(pipe, prompts: str | Sequence[str], seeds: int | Sequence[int], lor
     return images.detach().float().cpu() * 2 - 1
 
 
+def _column_labels(prompts: list[str], seeds: list[int], width: int, height: int) -> list[str]:
+    """"<prompt> (seed s)" wrapped to the width of one tile of the saved grid, so neighbours never overlap.
+
+    ``course_lib.viz.save_image_grid`` shows tiles at least ~96 px tall, so a tile is at least
+    max(W, 96 W / H) px wide; its 9-point labels take up to ~7 px per character (DejaVu Sans, 100 dpi).
+    """
+    chars = max(8, int(max(width, 96 * width / height) // 7))
+    return ["\n".join(textwrap.wrap(prompt, chars) + [f"(seed {seed})"]) for prompt, seed in zip(prompts, seeds)]
+
+
 def before_after_grid(pipe, prompts: str | Sequence[str], seeds: int | Sequence[int], lora_scale: float = 1.0,
                       path: str | os.PathLike | None = None, **generate_kwargs) -> torch.Tensor:
     """The same prompts and seeds without (scale 0) and with the LoRA: (2N, 3, H, W), "before" row first.
@@ -81,7 +92,8 @@ def before_after_grid(pipe, prompts: str | Sequence[str], seeds: int | Sequence[
     images = torch.cat([before, after])
     if path is not None:
         from course_lib.viz import save_image_grid
-        save_image_grid(images, path, nrow=len(prompts), row_labels=["before (LoRA scale 0)",
-                        f"after (LoRA scale {lora_scale:g})"], col_labels=[f"{p} (seed {s})" for p, s in
-                                                                         zip(prompts, seeds)])
+        height, width = images.shape[-2:]
+        save_image_grid(images, path, nrow=len(prompts),
+                        row_labels=["before (LoRA scale 0)", f"after (LoRA scale {lora_scale:g})"],
+                        col_labels=_column_labels(prompts, seeds, width, height))
     return images

@@ -34,14 +34,17 @@ class LoRATrainingConfig:
     dataset: a local image folder with ``metadata.jsonl`` or a Hub dataset id (``course_lib.data``).
     alpha: LoRA's lora_alpha (None = rank, so alpha / r = 1). mixed_precision: "auto" applies
     ``pick_precision``'s rule, or force one of "no", "fp16", "bf16". checkpoint_dir defaults to
-    ``<output_dir>/checkpoints``. copy_checkpoints_to: a second folder (e.g. on Google Drive) that receives a
-    copy of every checkpoint and is searched too by resume="latest". validation_every=None: no validation.
+    ``<output_dir>/checkpoints``. cache_dir: where the Hub model and the dataset's Arrow files are cached
+    (default: Hugging Face's own cache, ~/.cache/huggingface). copy_checkpoints_to: a second folder (e.g. on
+    Google Drive) that receives a copy of every checkpoint and is searched too by resume="latest".
+    validation_every=None: no validation. train_batch_size is per process under ``accelerate launch``.
     """
 
     dataset: str
     output_dir: str
     pretrained_model_name_or_path: str = DEFAULT_MODEL_ID
     revision: str | None = DEFAULT_REVISION
+    cache_dir: str | None = None
     dataset_split: str = "train"
     image_column: str = "image"
     caption_column: str = "text"
@@ -87,6 +90,7 @@ class LoRATrainingConfig:
             setattr(self, name, str(value))
         if self.revision is not None and (not isinstance(self.revision, str) or not self.revision):
             raise ValueError(f"revision must be a non-empty str or None, got {self.revision!r}")
+        self.cache_dir = _check_optional_path("cache_dir", self.cache_dir)
         for name in ("dataset_split", "image_column", "caption_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty str, got {getattr(self, name)!r}")

@@ -93,15 +93,43 @@ def noise_prediction_loss(unet, noise_scheduler, latents: torch.Tensor, context:
     return per_sample.mean()
 
 
+def _dataset_index(position: int, seed: int, num_samples: int) -> int:
+    """The image at ``position`` of the endless stream of shuffled epochs: epoch e = position // num_samples is
+    ``numpy.random.default_rng((seed, e)).permutation(num_samples)``."""
+    epoch, offset = divmod(position, num_samples)
+    return int(np.random.default_rng((seed, epoch)).permutation(num_samples)[offset])
+
+
 def sample_indices(step: int, micro_batch: int, config: LoRATrainingConfig, num_samples: int) -> list[int]:
-    """Dataset indices of micro-batch ``micro_batch`` of update ``step``: epochs are shuffled with
-    ``numpy.random.default_rng((seed, epoch))``, so the answer depends on nothing but these arguments."""
+    """Dataset indices of micro-batch ``micro_batch`` of update ``step``: positions ``train_batch_size`` at a time
+    in the stream of ``_dataset_index``, so the answer depends on nothing but these arguments."""
     first = (step * config.gradient_accumulation_steps + micro_batch) * config.train_batch_size
-    indices = []
-    for position in range(first, first + config.train_batch_size):
-        epoch, offset = divmod(position, num_samples)
-        indices.append(int(np.random.default_rng((config.seed, epoch)).permutation(num_samples)[offset]))
-    return indices
+    return [_dataset_index(position, config.seed, num_samples)
+            for position in range(first, first + config.train_batch_size)]
+
+
+def _collate(items: list[dict]) -> dict:
+    """Dataset items -> one micro-batch: {"image": (B, 3, H, W), "caption": list of B strings}."""
+    return {"image": torch.stack([item["image"] for item in items]), "caption": [item["caption"] for item in items]}
+
+
+def _training_inputs(components: SDComponents, batch: dict, generator: torch.Generator, num_train_timesteps: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z_0, c, eps, t) of one micro-batch. z_0's posterior sample, eps and t come from ``generator``, in this
+    order, so a run that replays the generator replays the noise."""
+    latents = encode_images(components, batch["image"], generator)                # z_0 (B, 4, H/8, W/8)
+    context = encode_prompts(components, batch["caption"])                        # c (B, 77, D)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    timesteps = torch.randint(0, num_train_timesteps, (len(latents),), generator=generator).to(latents.device)
+    return latents, context, noise, timesteps
+
+
+def _load_dataset(config: LoRATrainingConfig):
+    """The image/caption dataset of ``config`` (``course_lib.data.load_image_dataset``), images at ``resolution``."""
+    from course_lib.data import load_image_dataset
+    return load_image_dataset(config.dataset, split=config.dataset_split, image_size=config.resolution,
+                              image_column=config.image_column, caption_column=config.caption_column,
+                              cache_dir=config.cache_dir)
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -205,12 +233,8 @@ def _make_step_fn(components, dataset, config, precision, noise_scheduler, scale
     def step_fn(step: int, generator: torch.Generator) -> torch.Tensor:
         total = torch.zeros((), device=device)
         for micro_batch in range(accumulation):
-            items = [dataset[i] for i in sample_indices(step, micro_batch, config, len(dataset))]
-            images = torch.stack([item["image"] for item in items])               # (B, 3, H, W)
-            latents = encode_images(components, images, generator)                # z_0 (B, 4, H/8, W/8)
-            context = encode_prompts(components, [item["caption"] for item in items])
-            noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
-            timesteps = torch.randint(0, num_timesteps, (len(items),), generator=generator).to(device)
+            batch = _collate([dataset[i] for i in sample_indices(step, micro_batch, config, len(dataset))])
+            latents, context, noise, timesteps = _training_inputs(components, batch, generator, num_timesteps)
             with precision.autocast():
                 loss = noise_prediction_loss(components.unet, noise_scheduler, latents, context, noise, timesteps,
                                              config.snr_gamma)
@@ -275,9 +299,10 @@ def _copy_checkpoints(source: Path, target: Path, keep_last: int) -> None:
         _move_to_trash(old)
 
 
-def _make_callback(components, config, result: LoRATrainingResult, user_callback):
-    """After every update: copy new checkpoints, make validation images when due, call the user's callback."""
-    from course_lib.sd.generation import generate
+def _make_validation(components: SDComponents, config: LoRATrainingConfig, result: LoRATrainingResult):
+    """validate(done): after update number ``done``, when due, images of the validation prompts with fixed
+    seeds, kept in ``result.validation_images`` and saved to ``<output_dir>/validation/step-NNNNNNNN.png``."""
+    from course_lib.sd.generation import _column_labels, generate
     from course_lib.viz import save_image_grid
     prompts = list(config.validation_prompts)
     seeds = [config.validation_seed + i for i in range(len(prompts))]
@@ -285,18 +310,28 @@ def _make_callback(components, config, result: LoRATrainingResult, user_callback
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
 
+    def validate(done: int) -> None:
+        if pipe is None or (done % config.validation_every and done != config.max_train_steps):
+            return
+        components.unet.eval()
+        images = generate(pipe, prompts, seeds, num_inference_steps=config.num_inference_steps,
+                          guidance_scale=config.guidance_scale, height=config.resolution, width=config.resolution)
+        components.unet.train()
+        result.validation_images[done] = images
+        save_image_grid(images, Path(config.output_dir) / "validation" / f"step-{done:08d}.png", nrow=len(prompts),
+                        col_labels=_column_labels(prompts, seeds, config.resolution, config.resolution))
+
+    return validate
+
+
+def _make_callback(components, config, result: LoRATrainingResult, user_callback):
+    """After every update: copy new checkpoints, make validation images when due, call the user's callback."""
+    validate = _make_validation(components, config, result)
+
     def callback(step: int, loss: float) -> None:
         if config.copy_checkpoints_to:
             _copy_checkpoints(config.checkpoint_folder, Path(config.copy_checkpoints_to), config.keep_last)
-        done = step + 1
-        if pipe is not None and (done % config.validation_every == 0 or done == config.max_train_steps):
-            components.unet.eval()
-            images = generate(pipe, prompts, seeds, num_inference_steps=config.num_inference_steps,
-                              guidance_scale=config.guidance_scale, height=config.resolution, width=config.resolution)
-            components.unet.train()
-            result.validation_images[done] = images
-            save_image_grid(images, Path(config.output_dir) / "validation" / f"step-{done:08d}.png",
-                            nrow=len(prompts), col_labels=[f"{p} (seed {s})" for p, s in zip(prompts, seeds)])
+        validate(step + 1)
         if user_callback is not None:
             user_callback(step, loss)
 
@@ -313,7 +348,6 @@ def train_lora(config: LoRATrainingConfig, components: SDComponents | None = Non
     """
     from diffusers import DDPMScheduler
 
-    from course_lib.data import load_image_dataset
     from course_lib.lora import save_lora
     from course_lib.train import train_loop
     if not isinstance(config, LoRATrainingConfig):
@@ -325,11 +359,10 @@ def train_lora(config: LoRATrainingConfig, components: SDComponents | None = Non
         raise ValueError(f"callback must be callable as callback(step, loss) or None, got {callback!r}")
     precision = (pick_precision(config.device) if config.mixed_precision == "auto"
                  else precision_for(config.device, config.mixed_precision))
-    dataset = load_image_dataset(config.dataset, split=config.dataset_split, image_size=config.resolution,
-                                 image_column=config.image_column, caption_column=config.caption_column)
+    dataset = _load_dataset(config)
     if components is None:  # loaded straight in the frozen dtype: half the RAM on Colab
         components = load_sd_components(config.pretrained_model_name_or_path, config.revision,
-                                        torch_dtype=precision.weight_dtype)
+                                        torch_dtype=precision.weight_dtype, cache_dir=config.cache_dir)
     params = _prepare_models(components, config, precision)
     optimizer, lr_scheduler = _make_optimizer(config, params)
     noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)  # same betas as SD's scheduler
