@@ -107,9 +107,15 @@ def test_accelerate_launch_one_cpu_process_equals_train_lora_and_resumes(tiny_fo
     assert (out / "validation" / "step-00000006.png").is_file()
     assert LoRATrainingConfig.from_dict(json.loads((out / "training_config.json").read_text())) == config
 
-    # a run that lost its last checkpoint and its output resumes from checkpoint 3, here with options as flags
-    shutil.rmtree(final)
+    # one process writes train_lora's checkpoint format: the same LoRA and optimizer files, byte for byte
+    theirs_3 = tmp_path / "reference" / "checkpoints" / "checkpoint-00000003"
+    for name in ("lora.safetensors", "optimizer.safetensors", "optimizer.json"):
+        assert (out / "checkpoints" / "checkpoint-00000003" / name).read_bytes() == (theirs_3 / name).read_bytes()
+
+    # resume from train_lora's checkpoint 3 after losing the run's checkpoints and output; options as flags
+    shutil.rmtree(out / "checkpoints")
     (out / LORA_WEIGHT_NAME).unlink()
+    shutil.copytree(theirs_3, out / "checkpoints" / theirs_3.name)
     second = _launch(_as_argv(config), home)
     assert "after 6 updates, resumed from step 3" in second.stdout
     again = load_safetensors(out / LORA_WEIGHT_NAME)
@@ -187,21 +193,25 @@ def test_two_cpu_processes_average_gradients_and_checkpoint_both_generators(tiny
     for key in ours:  # float sums in another order (DDP's all-reduce), hence not bit for bit
         torch.testing.assert_close(ours[key], expected[key], rtol=1e-4, atol=1e-5)
 
-    # resuming: process i takes row i of the checkpoint's generators; another process count gets fresh seeds
+    # resuming: process i takes row i of the checkpoint's generators; with another process count, process 0
+    # keeps the generator restored from rng.json (and warns), the others take fresh seeds
     checkpoint = out / "checkpoints" / "checkpoint-00000002"
     states = load_safetensors(checkpoint / "generators.safetensors")["states"]
     assert states.shape[0] == 2 and not torch.equal(states[0], states[1])
-    for index, count in [(1, 2), (2, 3)]:
+    untouched = torch.Generator().manual_seed(99).get_state()
+    for index, count in [(1, 2), (0, 3), (2, 3)]:
         generator = torch.Generator().manual_seed(99)
         accelerator = SimpleNamespace(process_index=index, num_processes=count)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             _ProcessGenerators(accelerator, generator).restore(checkpoint, config.seed, 2)
+        state = generator.get_state()
         if count == 2:
-            assert torch.equal(generator.get_state(), states[1]) and not caught
+            assert torch.equal(state, states[1]) and not caught
+        elif index == 0:
+            assert torch.equal(state, untouched) and "written by 2 processes" in str(caught[0].message)
         else:
-            assert "another number of processes" in str(caught[0].message)
-            assert not any(torch.equal(generator.get_state(), state) for state in states)
+            assert not caught and not any(torch.equal(state, s) for s in (*states, untouched))
 
 
 def test_micro_batches_are_dealt_to_processes_in_turn(tmp_path):
@@ -215,8 +225,8 @@ def test_micro_batches_are_dealt_to_processes_in_turn(tmp_path):
     stream = LoRATrainingConfig(**{**config.to_dict(), "gradient_accumulation_steps": 1})  # one micro-batch a step
     for start in (0, 3):  # a fresh run and a run resumed after 3 updates
         for process in range(num_processes):
-            loader = prepare_data_loader(_dataloader(dataset, config, start, num_processes), num_processes=num_processes,
-                                         process_index=process, put_on_device=False)
+            loader = prepare_data_loader(_dataloader(dataset, config, start, num_processes),
+                                         num_processes=num_processes, process_index=process, put_on_device=False)
             got = [[int(c) for c in batch["caption"]] for batch in loader]
             first = start * config.gradient_accumulation_steps
             expected = [sample_indices((first + j) * num_processes + process, 0, stream, len(dataset))

@@ -2070,6 +2070,11 @@ def lecture_10():
           on smaller GPUs.
         - Captions matter: a consistent trigger phrase and honest descriptions of everything *else* in each
           picture teach the model what belongs to the concept.
+        - **More than one GPU** (a lab machine, not Colab): `accelerate launch --multi_gpu --num_processes N
+          -m course_lib.sd.launch --config training_config.json --output_dir outputs/lora
+          --copy_checkpoints_to none` reruns this workshop's settings (the options replace its Colab paths).
+          Each GPU takes `train_batch_size` images, so an update sees N times as many; see the README section
+          "Fine-tuning SD v1.5 on more than one GPU".
     """), quiz([
         ("Your Colab T4 run stops at step 640 with CHECKPOINT_EVERY = 100. After reconnecting and running all "
          "cells, from which step does training continue, and which files make that possible?",

@@ -84,15 +84,19 @@ class _ProcessGenerators:
         self.generator.set_state(states[self.accelerator.process_index].clone())
 
     def restore(self, checkpoint: Path, seed: int, step: int) -> None:
-        """This process's row, if the checkpoint was written by as many processes; else a fresh seed."""
+        """Process i takes row i if the checkpoint was written by as many processes (process 0's generator
+        also comes with every checkpoint's rng.json); otherwise processes 1.. take fresh seeds."""
         index, count = self.accelerator.process_index, self.accelerator.num_processes
         file = checkpoint / f"{GENERATORS}.safetensors"
-        states = load_safetensors(file)["states"] if file.is_file() else None
-        if states is not None and len(states) == count:
-            self.load_state_dict({"states": states})
-        elif index > 0:  # process 0's generator is the one every checkpoint holds (rng.json)
-            warnings.warn(f"checkpoint {checkpoint.name} was written by a run with another number of processes "
-                          f"than this one ({count}): processes 1..{count - 1} restart their noise from new seeds")
+        states = load_safetensors(file) if file.is_file() else None
+        saved = 1 if states is None else len(states["states"])  # no file: a one-process run (or train_lora)
+        if saved == count:
+            if states is not None:
+                self.load_state_dict(states)
+        elif index == 0:
+            warnings.warn(f"{checkpoint.name} was written by {saved} processes, this run has {count}: the data "
+                          f"stream continues at another position and processes 1.. draw new noise")
+        else:
             self.generator.manual_seed(seed + index + 1_000_003 * step)
 
 
@@ -100,8 +104,9 @@ def _make_accelerator(config: LoRATrainingConfig):
     """``Accelerator`` in the precision of ``config`` ("auto": ``pick_precision`` on this process's device)."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import parse_flag_from_env
-    if config.device not in (None, "cpu"):
-        raise ValueError(f"device must be None (accelerate gives each process its GPU) or 'cpu', got {config.device!r}")
+    if config.device not in (None, "cuda", "cpu"):  # e.g. "cuda:1": choose GPUs with accelerate's --gpu_ids
+        raise ValueError(f"device must be None or 'cuda' (accelerate gives each process its GPU) or 'cpu', "
+                         f"got {config.device!r}")
     # this process's GPU under `accelerate launch`, or the CPU with --cpu (ACCELERATE_USE_CPU) or device="cpu"
     device = PartialState(cpu=config.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")).device
     mixed = pick_precision(device).mixed_precision if config.mixed_precision == "auto" else config.mixed_precision
@@ -138,6 +143,23 @@ def _save_checkpoint(accelerator, config, step: int, modules, optimizer, lr_sche
             _copy_checkpoints(config.checkpoint_folder, Path(config.copy_checkpoints_to), config.keep_last)
     accelerator.wait_for_everyone()
     return path
+
+
+def _accumulate_gradients(accelerator, unet, batches, components: SDComponents, noise_scheduler,
+                          generator: torch.Generator, config: LoRATrainingConfig) -> torch.Tensor:
+    """Forward and backward of this process's ``gradient_accumulation_steps`` micro-batches of one update;
+    returns their mean loss. On the last one, DDP averages the summed gradients over all processes."""
+    accumulation = config.gradient_accumulation_steps
+    total = torch.zeros((), device=accelerator.device)
+    for _ in range(accumulation):
+        batch = next(batches)
+        with accelerator.accumulate(unet):  # no all-reduce of the gradients except on the last micro-batch
+            latents, context, noise, timesteps = _training_inputs(components, batch, generator,
+                                                                  noise_scheduler.config.num_train_timesteps)
+            loss = noise_prediction_loss(unet, noise_scheduler, latents, context, noise, timesteps, config.snr_gamma)
+            accelerator.backward(loss)  # backward of loss / accumulation (x the loss scale S in fp16)
+        total += loss.detach() / accumulation
+    return total
 
 
 def _diverged(step: int, value: float, checkpoint: Path | None):
@@ -184,22 +206,13 @@ def train_lora_accelerate(config: LoRATrainingConfig, components: SDComponents |
 
     unet, optimizer, dataloader = accelerator.prepare(
         components.unet, optimizer, _dataloader(dataset, config, start, accelerator.num_processes))
-    batches, accumulation = iter(dataloader), config.gradient_accumulation_steps
-    num_timesteps = noise_scheduler.config.num_train_timesteps
+    batches = iter(dataloader)
     quiet = {} if accelerator.is_local_main_process else {"disable": True}  # one progress bar per machine
     bar = tqdm(total=config.max_train_steps, initial=start, desc="LoRA", **quiet)
     for step in range(start, config.max_train_steps):
-        total = torch.zeros((), device=accelerator.device)
-        for _ in range(accumulation):
-            batch = next(batches)
-            with accelerator.accumulate(unet):  # DDP averages the gradients over processes on the last micro-batch
-                latents, context, noise, timesteps = _training_inputs(components, batch, generators.generator,
-                                                                      num_timesteps)
-                loss = noise_prediction_loss(unet, noise_scheduler, latents, context, noise, timesteps,
-                                             config.snr_gamma)
-                accelerator.backward(loss)  # backward of loss / accumulation (x the fp16 loss scale)
-            total += loss.detach() / accumulation
-        value = accelerator.reduce(total, "mean").item()  # the update's mean loss over all processes
+        loss = _accumulate_gradients(accelerator, unet, batches, components, noise_scheduler, generators.generator,
+                                     config)
+        value = accelerator.reduce(loss, "mean").item()  # the update's mean loss over all processes
         if not math.isfinite(value):
             raise _diverged(step, value, result.checkpoint)
         if config.max_grad_norm is not None:
