@@ -212,7 +212,7 @@ def autograde_submission(course: Course, assignment: str, student: str,
     course.check_assignment(assignment)
     check_student_id(student)
     check_float("submission_timeout", submission_timeout, minimum=1.0)
-    if sandbox is None or sandbox.level is None:
+    if not isinstance(sandbox, SandboxSettings) or sandbox.level is None:
         sandbox = resolve_settings(course, sandbox)
     start = time.perf_counter()
     problem = _precheck(course, assignment, student)

@@ -396,7 +396,7 @@ def _hide_and_expose(libc, policy: dict) -> None:
     """Mount tree of the sandbox (run by init, pid 1 of the new PID namespace)."""
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back out
     _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # our PID namespace only
-    hidden = policy["hide"] + policy["private"]
+    hidden = sorted(set(policy["hide"] + policy["private"]))
     exposed = [(p, False) for p in policy["expose"]] + [(policy["workdir"], True)]
     # only folders that a hidden one covers need a bind; skip those inside another exposed folder
     exposed = [(p, rw) for p, rw in exposed if any(_under(p, h) for h in hidden)]

@@ -1,0 +1,292 @@
+"""The grading sandbox and parallel autograding (course_lib.grading.sandbox, autograde(jobs=...)).
+
+One batch of toy submissions is graded once, two at a time, under the sandbox (module fixture ``batch``):
+honest and wrong answers (their exact scores check the shared gradebook), a spy that tries to read and write
+what it must not, a 10 GiB allocation, an endless loop, os._exit, SIGKILL and a bounded fork bomb. Each test
+then checks one outcome. The spy is also graded once *without* the sandbox (allowed explicitly), which shows
+that each of its attacks works when nothing stops it: the sandboxed "blocked" results are not vacuous.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytest.importorskip("nbgrader")
+if sys.platform != "linux":
+    pytest.skip("the sandbox needs Linux namespaces", allow_module_level=True)
+
+from course_lib.grading import Course, autograde, autograde_submission, cell_scores, load_statuses  # noqa: E402
+from course_lib.grading import sandbox  # noqa: E402
+from course_lib.grading.__main__ import main  # noqa: E402
+from course_lib.grading.sandbox import GIB, SandboxSettings  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_grading import _kernels_in, _toy_notebook, empty_gradebook  # noqa: E402,F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+CELL_TIMEOUT = 8
+PROCESSES = 64  # the fork bomb's ceiling (threads of the kernel count too)
+SETTINGS = SandboxSettings(processes=PROCESSES)
+DOUBLE = "def double(x):\n    return 2 * x\n"
+
+# What the spy tries; each line of its output is "SPY <name> LEAKED|BLOCKED <why>".
+SPY_CODE = DOUBLE + r'''
+import glob, os, pathlib
+def _try(name, action):
+    try:
+        result = action()
+        print(f"SPY {name} LEAKED {str(result)[:40]!r}")
+    except Exception as err:
+        print(f"SPY {name} BLOCKED {type(err).__name__}")
+def _open_for_append(path):  # opens for writing without changing a byte
+    with open(path, "a"):
+        return "opened for writing"
+def _must(value):
+    if not value:
+        raise LookupError("not there")
+    return value
+P = {paths}
+_try("source_notebook", lambda: _must("BEGIN HIDDEN TESTS" in pathlib.Path(P["source"]).read_text()))
+_try("repo_tests", lambda: pathlib.Path(P["repo_test"]).read_text())
+_try("git", lambda: pathlib.Path(P["git"]).read_text())
+_try("gradebook_read", lambda: pathlib.Path(P["gradebook"]).read_bytes()[:16])
+_try("gradebook_write", lambda: _open_for_append(P["gradebook"]))
+_try("status_write", lambda: _open_for_append(P["status"]))
+_try("other_submission", lambda: pathlib.Path(P["other"]).read_text())
+_try("other_autograded", lambda: _must([n for n in os.listdir(P["autograded"]) if n != "spy"]))
+_try("connection_files", lambda: _must(glob.glob("/tmp/*.json")))  # every kernel's keys (jupyter_client's mkstemp)
+_try("outside_proc", lambda: os.readlink(f"/proc/{P['outside_pid']}/cwd"))
+_try("course_write", lambda: _open_for_append(P["course_file"]))
+_try("home", lambda: _must([n for n in os.listdir(P["home"]) if n != ".pyenv"]))
+'''
+ATTACKS = ["source_notebook", "repo_tests", "git", "gradebook_read", "gradebook_write", "status_write",
+           "other_submission", "other_autograded", "connection_files", "outside_proc", "course_write", "home"]
+
+SUBMISSIONS = {  # student -> (answer cell source, hands in weights.txt)
+    "ok": (DOUBLE, True),
+    "wrong": ("def double(x):\n    return x + 1", True),
+    "noweights": (DOUBLE, False),
+    "spy": (None, True),  # SPY_CODE with the paths of the course
+    "memory": ("def double(x):\n    _ = len(bytearray(512 * 2**20))  # fine\n    block = bytearray(10 * 2**30)\n"
+               "    return 2 * x", True),
+    "endless": ("def double(x):\n    while True:\n        pass", True),
+    "exit": ("import os\nos._exit(1)", True),
+    "kill9": ("import os\nos.kill(os.getpid(), 9)", True),
+    "forkbomb": (DOUBLE + "import os, time\nchildren = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+                 "            time.sleep(600)\n            os._exit(0)\n        children += 1\n"
+                 "except OSError as err:\n    print('FORKS STOPPED AT', children, type(err).__name__)", True),
+}
+
+
+def _make_course(folder: Path, gradebook: Path) -> Course:
+    root = folder / "course"
+    (root / "solutions" / "toy").mkdir(parents=True)
+    nbformat.write(_toy_notebook(), str(root / "solutions" / "toy" / "toy.ipynb"))
+    shutil.copy(ROOT / "nbgrader_config.py", root)
+    (root / "tests").mkdir()
+    (root / "tests" / "test_hidden.py").write_text("HIDDEN = 'instructor tests'\n")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[core]\n")
+    (root / "notes.txt").write_text("instructor notes\n")
+    (root / "grading").mkdir()
+    shutil.copy(gradebook, root / "grading" / "gradebook.db")
+    (root / "grading" / "status.json").write_text("{}")
+    return Course(root=root, cell_timeout=CELL_TIMEOUT)
+
+
+def _spy_code(course: Course) -> str:
+    paths = {"source": str(course.source_dir / "toy" / "toy.ipynb"), "repo_test": str(course.root / "tests" /
+             "test_hidden.py"), "git": str(course.root / ".git" / "config"),
+             "gradebook": str(course.workspace / "gradebook.db"), "status": str(course.status_file),
+             "other": str(course.submission_dir("ok", "toy") / "toy.ipynb"),
+             "autograded": str(course.autograded_dir),
+             "outside_pid": os.getpid(), "course_file": str(course.root / "notes.txt"), "home": str(Path.home())}
+    return SPY_CODE.replace("{paths}", repr(paths))
+
+
+def _submit(course: Course, student: str, answer: str, weights: bool) -> None:
+    nb = _toy_notebook()
+    nb.cells[2].source = answer
+    folder = course.submission_dir(student, "toy")
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(folder / "toy.ipynb"))
+    if weights:
+        (folder / "weights.txt").write_text("fast")
+
+
+def _outputs(course: Course, student: str, grade_id: str) -> str:
+    nb = nbformat.read(str(course.autograded_dir / student / "toy" / "toy.ipynb"), as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    return "".join(o.get("text", "") + o.get("ename", "") + o.get("evalue", "") for o in cell.get("outputs", []))
+
+
+def _spy_results(course: Course, student: str) -> dict[str, str]:
+    lines = [line.split(" ", 2) for line in _outputs(course, student, "double").splitlines()
+             if line.startswith("SPY ")]
+    return {name: verdict for _, name, verdict in lines}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, empty_gradebook):  # noqa: F811
+    """The toy course with every submission of SUBMISSIONS, autograded once, 2 at a time, under the sandbox."""
+    course = _make_course(tmp_path_factory.mktemp("sandbox"), empty_gradebook)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(course.root)
+        for key in ("COURSE_GRADING_DIR", "COURSE_RELEASE_DIR", "COURSE_SANDBOX"):
+            mp.delenv(key, raising=False)
+        for student, (answer, weights) in SUBMISSIONS.items():
+            _submit(course, student, _spy_code(course) if answer is None else answer, weights)
+        statuses = {s.student: s for s in autograde(course, "toy", submission_timeout=120, jobs=2,
+                                                    sandbox=SETTINGS)}
+    return course, statuses
+
+
+def test_honest_solution_gets_full_marks_under_the_sandbox(batch):
+    course, statuses = batch
+    ok = statuses["ok"]
+    assert ok.status == "graded" and ok.score == ok.max_score == 3.0, ok
+    assert ok.isolation.startswith("namespaces") and "memory 4 GiB" in ok.isolation, ok.isolation
+    assert load_statuses(course)["toy"]["ok"].isolation == ok.isolation  # recorded in status.json
+
+
+def test_parallel_batch_keeps_one_consistent_gradebook(batch):
+    """Students graded concurrently each end up with their own exact scores, in the gradebook and status.json."""
+    course, statuses = batch
+    expected = {"ok": {"test_double": (2.0, 2.0), "test_weights": (1.0, 1.0)},
+                "wrong": {"test_double": (0.0, 2.0), "test_weights": (1.0, 1.0)},
+                "noweights": {"test_double": (2.0, 2.0), "test_weights": (0.0, 1.0)},
+                "spy": {"test_double": (2.0, 2.0), "test_weights": (1.0, 1.0)},
+                "memory": {"test_double": (0.0, 2.0), "test_weights": (1.0, 1.0)},
+                "endless": {"test_double": (0.0, 2.0), "test_weights": (1.0, 1.0)}}
+    recorded = load_statuses(course)["toy"]
+    assert sorted(recorded) == sorted(SUBMISSIONS), "one status per submission"
+    for student, scores in expected.items():
+        assert cell_scores(course, "toy", student) == scores, student
+        total = sum(s for s, _ in scores.values())
+        assert recorded[student].status == "graded" and recorded[student].score == total, recorded[student]
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course.workspace / 'gradebook.db'}") as gb:
+        assert sorted(s.student.id for s in gb.find_assignment("toy").submissions) == sorted(SUBMISSIONS)
+
+
+def test_spy_is_blocked_under_the_sandbox(batch):
+    course, statuses = batch
+    results = _spy_results(course, "spy")
+    assert sorted(results) == sorted(ATTACKS), f"the spy did not run every attack: {results}"
+    leaked = {name: verdict for name, verdict in results.items() if not verdict.startswith("BLOCKED")}
+    assert not leaked, f"attacks that worked under the sandbox: {leaked}"
+    assert (course.root / "notes.txt").read_text() == "instructor notes\n"
+    assert statuses["spy"].status == "graded" and statuses["spy"].score == 3.0
+
+
+def test_spy_succeeds_without_the_sandbox_and_unsandboxed_needs_the_flag(batch, monkeypatch):
+    """With namespaces 'unavailable', autograde refuses; with allow_unsandboxed the same spy reads everything."""
+    course, _ = batch
+    monkeypatch.chdir(course.root)
+    monkeypatch.setattr(sandbox, "namespace_support", lambda course: "simulated: no namespaces")
+    with pytest.raises(ValueError, match="allow_unsandboxed"):
+        autograde(course, "toy", students=["spy"], jobs=1)
+    with pytest.raises(ValueError, match="allow-unsandboxed"):
+        main(["autograde", "toy", "--student", "spy"])
+    assert load_statuses(course)["toy"]["spy"].isolation.startswith("namespaces"), "a refusal grades nothing"
+    allowed = SandboxSettings(allow_unsandboxed=True, processes=PROCESSES)
+    [status] = autograde(course, "toy", students=["spy"], jobs=1, submission_timeout=120, sandbox=allowed)
+    assert status.status == "graded" and status.isolation.startswith("unsandboxed"), status
+    results = _spy_results(course, "spy")
+    blocked = {name: verdict for name, verdict in results.items() if not verdict.startswith("LEAKED")}
+    assert sorted(results) == sorted(ATTACKS) and not blocked, f"attacks that failed even unsandboxed: {blocked}"
+
+
+def test_memory_limit_fails_the_test_not_the_machine(batch):
+    course, statuses = batch
+    assert statuses["memory"].status == "graded", statuses["memory"]
+    assert "MemoryError" in _outputs(course, "memory", "test_double")
+
+
+def test_endless_loop_is_interrupted_and_the_notebook_goes_on(batch):
+    """The cell timeout's SIGINT reaches the kernel through launcher and init; the next test still runs."""
+    course, statuses = batch
+    endless = statuses["endless"]
+    assert endless.status == "graded" and endless.score == 1.0, endless
+    assert "cell timeout in test_double" in endless.detail
+
+
+@pytest.mark.parametrize("student", ["exit", "kill9"])
+def test_kernel_death_is_an_explicit_status(batch, student):
+    _, statuses = batch
+    status = statuses[student]
+    assert status.status == "failed-kernel-died" and status.score is None, status
+    assert status.isolation.startswith("namespaces")
+
+
+def test_fork_bomb_is_bounded_and_cleaned_up(batch):
+    """The bomb's sleeping children keep its own kernel at the limit (its later tests may fail for want of a
+    thread: its problem), are counted apart from other kernels (their scores are exact, test above) and die
+    with its sandbox."""
+    course, statuses = batch
+    assert statuses["forkbomb"].status == "graded", statuses["forkbomb"]
+    output = _outputs(course, "forkbomb", "double")
+    assert "FORKS STOPPED AT" in output, output
+    children = int(output.split("FORKS STOPPED AT")[1].split()[0])
+    assert 0 < children < PROCESSES, f"{children} children: the process limit was {PROCESSES}"
+    assert not _kernels_in(course.root), "processes of a graded submission are still running"
+
+
+def test_workdir_is_given_back_and_scratch_files_are_private(batch):
+    course, _ = batch
+    for student in ("ok", "spy"):
+        folder = course.autograded_dir / student / "toy"
+        owners = {p.lstat().st_uid for p in [folder, *folder.rglob("*")]}
+        assert owners == {os.geteuid()}, f"{student}: files left owned by {owners}"
+        assert not any(p.is_symlink() for p in folder.rglob("*"))
+
+
+def test_symlinks_left_by_a_submission_are_removed(tmp_path):
+    target = tmp_path / "outside.txt"
+    target.write_text("grader's file")
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "toy.ipynb").write_text("{}")
+    (work / "sub" / "link").symlink_to(target)
+    os.mkfifo(work / "fifo")
+    (work / "sub").chmod(0o777)
+    assert sandbox.clean_workdir(work) == ["fifo", "sub/link"]
+    assert (work / "toy.ipynb").read_text() == "{}" and target.read_text() == "grader's file"
+    assert not (work / "sub").stat().st_mode & 0o022
+
+
+def test_namespace_probe_passes_here(batch):
+    course, _ = batch
+    assert sandbox.namespace_support(course) is None
+
+
+@pytest.mark.parametrize("call, argname", [
+    (lambda c: SandboxSettings(memory_bytes=100), "memory_bytes"),
+    (lambda c: SandboxSettings(cpu_seconds=0), "cpu_seconds"),
+    (lambda c: SandboxSettings(processes=2), "processes"),
+    (lambda c: SandboxSettings(file_bytes=1.5), "file_bytes"),
+    (lambda c: SandboxSettings(tmp_bytes=0), "tmp_bytes"),
+    (lambda c: SandboxSettings(allow_unsandboxed="yes"), "allow_unsandboxed"),
+    (lambda c: SandboxSettings(read_only_paths=["relative/data"]), "read_only_paths"),
+    (lambda c: SandboxSettings(level="docker"), "level"),
+    (lambda c: SandboxSettings.from_dict({"memory": 1}), "unknown keys"),
+    (lambda c: autograde(c, "toy", jobs=0), "jobs"),
+    (lambda c: autograde(c, "toy", jobs=True), "jobs"),
+    (lambda c: autograde_submission(c, "toy", "ok", sandbox="on"), "sandbox"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_input_names_the_argument(batch, call, argname):
+    course, _ = batch
+    with pytest.raises(ValueError, match=argname):
+        call(course)
+
+
+def test_settings_round_trip():
+    settings = SandboxSettings(memory_bytes=2 * GIB, read_only_paths=["/data"], level="namespaces")
+    assert SandboxSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
