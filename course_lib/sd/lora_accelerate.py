@@ -107,10 +107,11 @@ def _make_accelerator(config: LoRATrainingConfig):
     if config.device not in (None, "cuda", "cpu"):  # e.g. "cuda:1": choose GPUs with accelerate's --gpu_ids
         raise ValueError(f"device must be None or 'cuda' (accelerate gives each process its GPU) or 'cpu', "
                          f"got {config.device!r}")
-    # this process's GPU under `accelerate launch`, or the CPU with --cpu (ACCELERATE_USE_CPU) or device="cpu"
-    device = PartialState(cpu=config.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    cpu = config.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")  # set by `accelerate launch --cpu`
+    device = PartialState(cpu=cpu).device  # this process's GPU under `accelerate launch`, else the CPU
     mixed = pick_precision(device).mixed_precision if config.mixed_precision == "auto" else config.mixed_precision
-    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
     return accelerator, precision_for(accelerator.device, mixed)
 
 
