@@ -106,6 +106,7 @@ def _grade(course, assignment: str, student: str) -> dict:
     extra = Config()
     extra.merge(sandbox.kernel_config(course, assignment, student))  # where and how student code runs
     extra.merge(sanitize.autograde_config(course, assignment))        # what is done to the notebook around it
+    extra.merge(sanitize.submission_config(course, assignment, student))  # extra files kept out (torch.py, ...)
     api = course.api(extra_config=extra)
     result = api.autograde(assignment, student, force=True, create=True)
     if not result.get("success"):

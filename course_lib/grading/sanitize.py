@@ -455,7 +455,8 @@ class RebuildFromSource(NbGraderPreprocessor):
         size = len(cell.source.encode()) + len(json.dumps(cell.get("attachments", {})))
         if size > self.markdown_bytes:
             cell.pop("attachments", None)
-            cell.source = cell.source[: self.markdown_bytes // 2] + "\n\n*[cut by the grader: cell too large]*"
+            kept = cell.source[: self.markdown_bytes // 2].replace("attachment:", "removed-attachment:")
+            cell.source = kept + "\n\n*[cut by the grader: cell too large]*"
             self.notes.append(f"a {cell.cell_type} cell of {size / 1e6:.1f} MB was cut")
         return cell
 
@@ -543,7 +544,6 @@ def _install(token, packages, aliases, builtin_names):
     builtin = {n: vars(builtins)[n] for n in builtin_names if n in vars(builtins)}
     hooks = {n: list(getattr(ip, n)) for n in ("input_transformers_cleanup", "input_transformers_post",
                                                 "ast_transformers")}
-    events = {k: list(v) for k, v in ip.events.callbacks.items()}
     system = {k: getattr(sys, k) for k in ("stdout", "stderr", "displayhook")}
     shell = {"custom_exceptions": ip.custom_exceptions, "CustomTB": getattr(ip, "CustomTB", None)}
 
@@ -588,10 +588,6 @@ def _install(token, packages, aliases, builtin_names):
             if list(getattr(ip, n)) != value:
                 changed.append(f"IPython {n}")
                 getattr(ip, n)[:] = value
-        for k, value in events.items():
-            if ip.events.callbacks.get(k) != value:
-                changed.append(f"IPython event {k}")
-                ip.events.callbacks[k] = list(value)
         for k, value in system.items():
             if getattr(sys, k) is not value:
                 changed.append(f"sys.{k}")
@@ -603,7 +599,7 @@ def _install(token, packages, aliases, builtin_names):
         return changed
 
     def guard(phase, test):
-        changed = restore()
+        changed = sorted(set(restore()))
         if phase == "before":
             if changed:
                 out.write(f"[grader:{token}] restored {', '.join(changed)}\n")
@@ -758,8 +754,7 @@ class ReviewOutputs(NbGraderPreprocessor):
             text = (f"output cut by the grader: {dropped / 1e6:.2f} MB more than the limit of "
                     f"{self.cell_output_bytes / 1e6:.1f} MB per cell and {self.notebook_output_bytes / 1e6:.1f} MB "
                     "per notebook")
-            first_error = next((i for i, o in enumerate(kept) if o.output_type == "error"), len(kept))
-            kept.insert(first_error, _notice(text))
+            kept.insert(0, _notice(text))  # first: nbgrader's LimitOutput drops streams after 1000 lines
             notes.append(f"outputs of a cell were cut ({dropped / 1e6:.1f} MB over the limit)")
         cell.outputs = kept
         budget[0] -= sum(_output_bytes(o) for o in kept)
