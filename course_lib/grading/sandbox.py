@@ -451,8 +451,8 @@ def _limit(limits: dict) -> None:
 
 def _kernel_env(extra: dict[str, str], sandboxed: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in SECRET_WORDS)}
-    if sandboxed:  # ipykernel would poll its parent, init (pid 1), and take it for an orphaning: init kills it
-        env.pop("JPY_PARENT_PID", None)
+    if sandboxed:  # ipykernel polls JPY_PARENT_PID unless it is 1; its parent is init (pid 1), which kills it
+        env["JPY_PARENT_PID"] = "1"
     return {**env, **extra}
 
 

@@ -1,0 +1,121 @@
+"""Autograding throughput: submissions per minute with 1 and with 2 parallel jobs, kernels sandboxed.
+
+Two courses, each graded in a temporary workspace (nothing in grading/ is touched):
+    toy      a notebook without torch (course_lib.grading.cells): the fixed cost of one submission
+             (worker process, nbgrader, sandbox, kernel start) with almost no student code
+    a1_vae   the real assignment: its source notebook plus the weights of a FAST training run, handed in by
+             every student (torch import, data loading, held-out reconstruction test)
+Every student hands in the same correct notebook; each run grades all of them again (force) and checks that
+each one got full marks. Wall-clock time of ``autograde(course, assignment, jobs=J)`` is what is reported.
+
+    .venv/bin/python bench/grading_throughput.py                         # toy and a1_vae, 6 students, jobs 1 and 2
+    .venv/bin/python bench/grading_throughput.py --courses toy --students 10 --jobs 1 2 4
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: the figures are printed at the end
+
+import nbformat  # noqa: E402
+
+from course_lib.grading import Course, autograde, validate_source  # noqa: E402
+from course_lib.grading.cells import answer_cell, code, locked_cell, markdown, notebook, test_cell  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--courses", nargs="+", choices=["toy", "a1_vae"], default=["toy", "a1_vae"])
+    p.add_argument("--students", type=int, default=6, help="submissions per course")
+    p.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="parallel jobs to compare")
+    return p.parse_args()
+
+
+def toy_notebook():
+    return notebook([
+        markdown("# Toy assignment\n\n3 points in total."),
+        locked_cell("import os\nFAST = False\nAUTOGRADE = os.environ.get('COURSE_AUTOGRADE') == '1'", "parameters",
+                    tags=["parameters"]),
+        answer_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION", "double"),
+        test_cell("assert double(2) == 4\n### BEGIN HIDDEN TESTS\nassert double(-3) == -6\n### END HIDDEN TESTS",
+                  "test_double", 2),
+        code("if not AUTOGRADE:\n    open('weights.txt', 'w').write('fast' if FAST else 'slow')"),
+        test_cell("assert open('weights.txt').read() in ('fast', 'slow')", "test_weights", 1),
+    ])
+
+
+def toy_course(folder: Path, students: int) -> tuple[Course, str]:
+    root = folder / "course"
+    (root / "solutions" / "toy").mkdir(parents=True)
+    nbformat.write(toy_notebook(), str(root / "solutions" / "toy" / "toy.ipynb"))
+    shutil.copy(ROOT / "nbgrader_config.py", root)
+    course = Course(root=root, workspace=root / "grading")
+    for i in range(students):
+        target = course.submission_dir(f"s{i:02d}", "toy")
+        target.mkdir(parents=True)
+        shutil.copy(root / "solutions" / "toy" / "toy.ipynb", target)
+        (target / "weights.txt").write_text("fast")
+    return course, "toy"
+
+
+def a1_course(folder: Path, students: int) -> tuple[Course, str]:
+    course = Course(root=ROOT, workspace=folder / "grading")
+    start = time.perf_counter()
+    reports = validate_source(course, "a1_vae", folder / "source_run", fast=True)
+    if not all(r.ok for r in reports):
+        raise SystemExit("the a1_vae source does not validate:\n" + "\n".join(r.summary() for r in reports))
+    print(f"a1_vae: FAST training run for the weights: {time.perf_counter() - start:.1f} s")
+    handed_in = [p for p in (folder / "source_run" / "a1_vae").iterdir() if p.is_file()]
+    for i in range(students):
+        target = course.submission_dir(f"s{i:02d}", "a1_vae")
+        target.mkdir(parents=True)
+        for path in handed_in:
+            shutil.copy(path, target)
+    return course, "a1_vae"
+
+
+def measure(course: Course, assignment: str, jobs: int) -> tuple[float, list]:
+    os.chdir(course.root)
+    start = time.perf_counter()
+    statuses = autograde(course, assignment, jobs=jobs)
+    seconds = time.perf_counter() - start
+    wrong = [s for s in statuses if s.status != "graded" or s.score != s.max_score]
+    if wrong:
+        raise SystemExit(f"{assignment}: not every submission got full marks: {wrong}")
+    return seconds, statuses
+
+
+def main() -> None:
+    args = parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="grading-bench-") as scratch:
+        for name in args.courses:
+            folder = Path(scratch) / name
+            folder.mkdir()
+            course, assignment = (toy_course if name == "toy" else a1_course)(folder, args.students)
+            measure(course, assignment, max(args.jobs))  # warm-up: gradebook entries, caches, forkserver
+            for jobs in args.jobs:
+                seconds, statuses = measure(course, assignment, jobs)
+                per_student = sorted(s.seconds for s in statuses)
+                rows.append((assignment, jobs, len(statuses), seconds, 60 * len(statuses) / seconds,
+                             per_student[len(per_student) // 2]))
+                print(f"{assignment}: jobs={jobs}: {len(statuses)} submissions in {seconds:.1f} s")
+            isolation = statuses[0].isolation
+    print(f"\nkernels: {isolation}")
+    print(f"machine: {os.cpu_count()} CPU cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"(at the end)\n")
+    print(f"{'assignment':<10} {'jobs':>4} {'submissions':>11} {'seconds':>8} {'per minute':>10} "
+          f"{'median s/submission':>20}")
+    for assignment, jobs, count, seconds, rate, median in rows:
+        print(f"{assignment:<10} {jobs:>4} {count:>11} {seconds:>8.1f} {rate:>10.1f} {median:>20.1f}")
+
+
+if __name__ == "__main__":
+    main()
