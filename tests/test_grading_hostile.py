@@ -451,3 +451,76 @@ def test_attacks_succeed_without_the_sanitiser(batch, tmp_path):
         assert batch["rows"][("norms", student)]["status"] == "graded"
         assert float(batch["rows"][("norms", student)]["score"]) == EXPECTED[student][1]
         assert EXPECTED[student][1] != scores[student] or student == "many-images"
+
+
+def test_stderr_is_kept_as_stderr_but_not_scored(batch):
+    nb = nbformat.read(str(batch["course"].autograded_dir / "stderr-warning" / "norms" / "norms.ipynb"), as_version=4)
+    for grade_id, text in (("test_norm", "RuntimeWarning: norm: slow pure-Python loop"), ("test_double", "doubling")):
+        streams = [o for o in _cell(nb, grade_id).outputs if o.output_type == "stream"]
+        assert any(o.name == "stderr" and text in o.text for o in streams), (grade_id, streams)
+    assert float(batch["rows"][("norms", "stderr-warning")]["score"]) == 3.0
+
+
+# ---------------------------------------------------------------------- the static scan, on its own (fast)
+
+POLICY = {"norm": {"tests": ["test_norm"], "forbidden": ["numpy.linalg.norm", "course_lib.vae.kl_divergence"]}}
+INSTRUCTOR_IMPORTS = ("import numpy as np\nfrom numpy import linalg", False)  # the notebook's own import cell
+
+
+@pytest.mark.parametrize("student_code", [
+    "def norm(v):\n    return float(np.linalg.norm(v))",                       # the notebook's alias
+    "from numpy.linalg import norm as n\ndef norm(v):\n    return n(v)",       # renamed import
+    "def norm(v):\n    return linalg.norm(v)",                                  # the instructor's other import
+    "import numpy.linalg as la\nf = la.norm",                                   # module alias, attribute
+    "import numpy\nL = numpy.linalg\ndef norm(v):\n    return L.norm(v)",      # assigned alias
+    "import importlib\nf = getattr(importlib.import_module('numpy.linalg'), 'no' + 'rm')",  # string + getattr
+    "from numpy.linalg import *\ndef norm2(v):\n    return norm(v)",            # star import
+    "f = getattr(np.linalg, 'norm')",                                          # dynamic on the module
+    "from course_lib import kl_divergence",                                     # a re-export of the same name
+    "%time x = 1\nfrom course_lib.vae import kl_divergence",                    # a magic does not hide it
+])
+def test_scan_finds_the_forbidden_piece(student_code):
+    banned, _ = scan_cells([INSTRUCTOR_IMPORTS, (student_code, True)], POLICY)
+    assert list(banned) == ["norm"] and "the piece it should implement" in banned["norm"]
+
+
+@pytest.mark.parametrize("student_code", [
+    "def norm(v):\n    return math.sqrt(sum(x * x for x in v))",
+    "def norm(v):\n    return float(np.sqrt(np.dot(v, v)))",           # other numpy functions are fine
+    "from course_lib import vae\nconfig = vae.VAEConfig",               # the same module, another object
+    "norm = 'see numpy.linalg.norm in the docs'",                         # prose in a string is not a path
+    "def norm(v:\n    return np.linalg.norm(v)",                          # does not parse, so it never runs
+])
+def test_scan_has_no_false_alarm(student_code):
+    banned, tampering = scan_cells([INSTRUCTOR_IMPORTS, (student_code, True)], POLICY)
+    assert banned == {} and tampering == []
+    # the instructor's own cells may use anything
+    assert scan_cells([("import numpy as np\nnp.linalg.norm([1.0])", False)], POLICY) == ({}, [])
+
+
+@pytest.mark.parametrize("student_code, flagged", [
+    ("import torch\ntorch.allclose = lambda *a, **k: True", "torch.allclose"),
+    ("import builtins\nbuiltins.abs = lambda x: 0", "builtins.abs"),
+    ("import numpy as np\nsetattr(np, 'allclose', len)", "setattr on numpy"),
+    ("import sys\nsys.modules['numpy'] = None", "sys.modules[...]"),
+    ("get_ipython().ast_transformers.append(object())", "IPython ast_transformers"),
+    ("__builtins__['abs'] = len", "__builtins__"),
+])
+def test_scan_flags_tampering(student_code, flagged):
+    _, tampering = scan_cells([(student_code, True)], {})
+    assert len(tampering) == 1 and flagged in tampering[0], tampering
+
+
+@pytest.mark.parametrize("call, argname", [
+    (lambda c: autograde_config(c, "no_such_assignment"), "assignment"),
+    (lambda c: autograde_config("not a course", "norms"), "course"),
+    (lambda c: submission_config(c, "norms", "../escape"), "student"),
+    (lambda c: screen_files(c, "Norms!", "alice"), "assignment"),
+    (lambda c: findings(c, "norms", "bad id"), "student"),
+    (lambda c: scan_cells(["print(1)"], {}), "cells"),
+    (lambda c: scan_cells([("print(1)", True)], {"norm": {"forbidden": "numpy.linalg.norm"}}), "policy"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_input_names_the_argument(tmp_path, call, argname):
+    course = _make_course(tmp_path / "course")
+    with pytest.raises(ValueError, match=argname):
+        call(course)

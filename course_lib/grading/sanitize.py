@@ -5,7 +5,7 @@ nbgrader autogrades in two passes over each notebook, and this module adds prepr
     sanitize pass   ClearOutput -> RebuildFromSource -> DeduplicateIds -> OverwriteKernelspec -> OverwriteCells
                     -> CheckCellMetadata
     autograde pass  InjectGuard -> Execute -> ReviewOutputs -> IgnorePattern -> ClearMetadata -> LimitOutput
-                    -> SaveAutoGrades -> AssignLatePenalties -> CheckCellMetadata
+                    -> SaveAutoGrades -> RestoreStderr -> AssignLatePenalties -> CheckCellMetadata
 
 Glossary:
     source cell     a cell of the instructor's source notebook that carries nbgrader metadata (grade_id)
@@ -53,7 +53,7 @@ from traitlets.config import Config
 from nbgrader.preprocessors import NbGraderPreprocessor
 
 __all__ = ["autograde_config", "submission_config", "findings", "screen_files", "POLICIES", "LIMITS",
-           "RebuildFromSource", "InjectGuard", "ReviewOutputs", "scan_cells"]
+           "RebuildFromSource", "InjectGuard", "ReviewOutputs", "RestoreStderr", "scan_cells"]
 
 NOTES_FILE = "grading_notes.json"  # written into autograded/<student>/<assignment>/ after the kernel is gone
 META = "course_grading"            # notebook/cell metadata key used between the two passes (never sent to the kernel)
@@ -107,16 +107,28 @@ IPYTHON_HOOKS = ("input_transformers_cleanup", "input_transformers_post", "ast_t
 
 # ----------------------------------------------------------------------------------------- entry points
 
+def _check(course, assignment: str, student: str | None = None) -> None:
+    from course_lib.grading.course import Course, check_student_id
+
+    if not isinstance(course, Course):
+        raise ValueError(f"course must be a course_lib.grading.Course, got {type(course).__name__}")
+    course.check_assignment(assignment)
+    if student is not None:
+        check_student_id(student)
+
+
 def autograde_config(course, assignment: str) -> Config:
     """A traitlets Config fragment for the autograde API: this module's preprocessors in both passes."""
     from nbgrader.converters import Autograde
 
+    _check(course, assignment)
     source = _source_notebooks(course, assignment)
     sanitize = list(Autograde.class_traits()["sanitize_preprocessors"].default())
     sanitize.insert(_index_of(sanitize, "ClearOutput") + 1, RebuildFromSource)
     autograde = list(Autograde.class_traits()["autograde_preprocessors"].default())
     execute = _index_of(autograde, "Execute")
     autograde[execute:execute + 1] = [InjectGuard, autograde[execute], ReviewOutputs]
+    autograde.insert(_index_of(autograde, "SaveAutoGrades") + 1, RestoreStderr)
     c = Config()
     c.Autograde.sanitize_preprocessors = sanitize
     c.Autograde.autograde_preprocessors = autograde
@@ -134,6 +146,7 @@ def autograde_config(course, assignment: str) -> Config:
 
 def submission_config(course, assignment: str, student: str) -> Config:
     """Config for one submission: the files ``screen_files`` rejects are left out of the grading folder."""
+    _check(course, assignment, student)
     folder = course.submission_dir(student, assignment)
     rejected = [glob.escape(str(folder / name)) for name, _ in screen_files(course, assignment, student)]
     c = Config()
@@ -144,6 +157,7 @@ def submission_config(course, assignment: str, student: str) -> Config:
 
 def screen_files(course, assignment: str, student: str) -> list[tuple[str, str]]:
     """(relative path, reason) of every extra file of a submission that must not reach the grading folder."""
+    _check(course, assignment, student)
     folder = course.submission_dir(student, assignment)
     if not folder.is_dir():
         return []
@@ -167,6 +181,7 @@ def screen_files(course, assignment: str, student: str) -> list[tuple[str, str]]
 
 def findings(course, assignment: str, student: str) -> list[str]:
     """Short notes on what the sanitiser found in this submission (empty when nothing was wrong)."""
+    _check(course, assignment, student)
     notes = [f"file {name} left out: {reason}" for name, reason in screen_files(course, assignment, student)]
     path = course.autograded_dir / student / assignment / NOTES_FILE
     if path.is_file():
@@ -356,6 +371,12 @@ def scan_cells(cells: list[tuple[str, bool]], policy: dict) -> tuple[dict[str, s
     the answer's own cell: a helper cell can wire the library piece into the answer just as well. The
     instructor's cells only contribute the names they import (``F`` for torch.nn.functional, ...).
     """
+    if not isinstance(cells, list) or not all(isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str)
+                                              and isinstance(c[1], bool) for c in cells):
+        raise ValueError(f"cells must be a list of (source, by_student) pairs, got {cells!r:.80}")
+    if not isinstance(policy, dict) or not all(isinstance(r, dict) and isinstance(r.get("forbidden", []), list)
+                                               for r in policy.values()):
+        raise ValueError(f"policy must map answer ids to {{'tests': [...], 'forbidden': [...]}}, got {policy!r:.80}")
     visitor = _References()
     for source, by_student in cells:
         tree = _python(source)
@@ -695,7 +716,7 @@ class ReviewOutputs(NbGraderPreprocessor):
 
     def _review_test(self, cell, token, no_credit, notes):
         grade_id = _nbgrader(cell)["grade_id"]
-        original = cell.metadata.pop(META, {}).get("source")
+        original = cell.metadata.get(META, {}).pop("source", None)
         if original is not None:
             cell.source = original
         reports, outputs, stderr, result = [], [], False, False
@@ -705,8 +726,9 @@ class ReviewOutputs(NbGraderPreprocessor):
                 marker = f"[grader:{token}] "
                 reports += [line[len(marker):].strip() for line in lines if token and line.startswith(marker)]
                 out.text = "".join(line for line in lines if not (token and line.startswith(marker)))
-                if out.name == "stderr":
+                if out.name == "stderr":  # scored as stdout; RestoreStderr names it stderr again once scored
                     out.name, stderr = "stdout", True
+                    cell.metadata.setdefault(META, {}).setdefault("stderr", []).append(len(outputs))
                 if not out.text:
                     continue
             elif out.output_type == "execute_result":
@@ -779,6 +801,17 @@ def _new_cell(nb, cell_type: str, source: str, cell_id: str, metadata: dict):
     if nb.get("nbformat_minor", 0) >= 5:  # cell ids exist from nbformat 4.5 on
         cell.id = cell_id
     return cell
+
+
+class RestoreStderr(NbGraderPreprocessor):
+    """After scoring: text a test cell wrote to stderr is saved as stderr again (shown as such in the feedback)."""
+
+    def preprocess_cell(self, cell, resources, index):
+        marks = cell.metadata.pop(META, {}) if cell.cell_type == "code" else {}
+        for position in marks.get("stderr", []):
+            if position < len(cell.outputs) and cell.outputs[position].output_type == "stream":
+                cell.outputs[position].name = "stderr"
+        return cell, resources
 
 
 def _dedupe(notes: list[str]) -> list[str]:
