@@ -281,6 +281,8 @@ def test_namespace_probe_passes_here(batch):
     (lambda c: autograde(c, "toy", jobs=0), "jobs"),
     (lambda c: autograde(c, "toy", jobs=True), "jobs"),
     (lambda c: autograde_submission(c, "toy", "ok", sandbox="on"), "sandbox"),
+    (lambda c: autograde(c, "toy", sandbox=SandboxSettings(read_only_paths=[str(c.root.parent)])),
+     "read_only_paths"),
 ], ids=lambda x: x if isinstance(x, str) else "")
 def test_bad_input_names_the_argument(batch, call, argname):
     course, _ = batch

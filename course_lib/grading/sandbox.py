@@ -10,22 +10,29 @@ builds the sandbox and finally execs ipykernel inside it:
                       forwards SIGINT (interrupt), SIGTERM, SIGHUP to init; dies with the worker (PDEATHSIG)
         init (pid 1)  of a new PID namespace: fresh /proc (outside processes are invisible, so no
                       /proc/<pid>/root escape); every mount made read-only; the course root, the grading
-                      workspace, the home folder and the jupyter runtime folder (other kernels' connection
-                      keys) hidden behind empty read-only tmpfs; the Python environment, course_lib and
-                      configured data folders re-exposed read-only; the submission's autograded folder
-                      re-exposed read-write; private /tmp, /var/tmp, /dev/shm (size-capped tmpfs)
+                      workspace, the home folder and the folder of the connection file hidden behind empty
+                      read-only tmpfs; the Python environment, course_lib and configured data folders
+                      re-exposed read-only; the submission's autograded folder re-exposed read-write; private
+                      /tmp, /var/tmp, /dev/shm (size-capped tmpfs; jupyter_client writes every kernel's
+                      connection file, with its key, to the real /tmp)
           kernel      uid nobody when the instructor is root (else the instructor's uid), no capabilities,
                       no new privileges, rlimits (address space, CPU seconds, file size, processes, no core
                       dumps); exec ipykernel with a private copy of the connection file
     When init exits (the kernel died or was killed) the kernel kills every process left in its PID namespace.
+    As root, the user namespace maps 0 (init, for the mounts) and 65534 (the kernel); otherwise only the
+    instructor's uid. Either way the process limit counts per namespace: a fork bomb starves only itself.
+    After the notebook ran, ``clean_workdir`` removes symlinks and special files the student left in the
+    working folder and gives it back to the grader before nbgrader writes the graded notebook there.
 
 Isolation levels (``SandboxSettings.describe``, recorded with every submission's status):
     namespaces    the above
     unsandboxed   rlimits only, the kernel sees everything: only with ``allow_unsandboxed`` (namespaces missing)
 
-Not covered: network (the kernel talks to nbgrader over localhost TCP, so it keeps the host network), total
-memory of N parallel kernels (rlimits are per process; cgroups would be needed), CPU time of the grading
-machinery itself (the submission timeout covers it).
+Not covered: network (the kernel talks to nbgrader over localhost TCP, so it keeps the host network and its
+abstract unix sockets), total memory of N parallel kernels and of a kernel's children (rlimits are per
+process; cgroups would be needed), disk use of the working folder (one file <= file_bytes, not their number),
+CPU time of the grading machinery itself (the submission timeout covers it), what the kernel sends back to
+nbgrader (the notebook-level guards of ``sanitize`` deal with that).
 
 The launcher half of this file imports only the standard library: it runs with ``python -I`` (the student's
 folder, its working directory, is never on its sys.path) and before anything of the course is imported.
@@ -117,6 +124,7 @@ def resolve_settings(course, settings: SandboxSettings | None = None) -> Sandbox
     settings = SandboxSettings() if settings is None else settings
     if not isinstance(settings, SandboxSettings):
         raise ValueError(f"sandbox must be a SandboxSettings or None, got {type(settings).__name__}")
+    _check_read_only_paths(settings.read_only_paths, _hidden(course))
     problem = namespace_support(course)
     if problem is None:
         level = "namespaces"
@@ -192,15 +200,27 @@ def _matplotlib_cache() -> str | None:
     return None
 
 
+def _hidden(course) -> set[Path]:
+    hide = {course.root, course.workspace, Path.home()}
+    runtime = os.environ.get("JUPYTER_RUNTIME_DIR")
+    return hide | ({Path(runtime)} if runtime else set())
+
+
+def _check_read_only_paths(paths: list[str], hide) -> None:
+    for path in paths:
+        inside = [h for h in hide if _under(os.path.realpath(h), os.path.realpath(path))]
+        if inside:
+            raise ValueError(f"read_only_paths must not contain the course, the workspace or the home folder, got "
+                             f"{path!r} (it holds {str(inside[0])!r}): name the data folder itself")
+
+
 def _policy(course, workdir: Path, settings: SandboxSettings, kernel_argv: list[str]) -> dict:
     """Everything the launcher needs, as JSON (it imports nothing of the course)."""
     import course_lib
 
-    hide = {course.root, course.workspace, Path.home()}
-    runtime = os.environ.get("JUPYTER_RUNTIME_DIR")
-    if runtime:
-        hide.add(Path(runtime))
+    hide = _hidden(course)
     expose = {*_python_paths(), str(Path(course_lib.__file__).resolve().parent), *settings.read_only_paths}
+    _check_read_only_paths(settings.read_only_paths, hide)
     root_mode = os.geteuid() == 0
     return {"level": settings.level, "workdir": str(workdir.resolve()),
             "hide": sorted(os.path.realpath(p) for p in hide),
@@ -401,6 +421,10 @@ def _hide_and_expose(libc, policy: dict) -> None:
     # only folders that a hidden one covers need a bind; skip those inside another exposed folder
     exposed = [(p, rw) for p, rw in exposed if any(_under(p, h) for h in hidden)]
     exposed = [(p, rw) for p, rw in exposed if rw or not any(q != p and _under(p, q) for q, _ in exposed)]
+    for path, _ in exposed:  # binding it would bring back what is hidden inside it
+        inside = [h for h in hidden if h != path and _under(h, path)]
+        if inside:
+            raise OSError(f"{path} cannot be shown read-only: it holds {inside[0]}, which must stay hidden")
     handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for p, _ in exposed}  # before hiding
     _set_read_only(libc, "/", recursive=True)  # every existing mount: read-only for the kernel
     for folder in sorted(hidden, key=lambda p: p.count("/")):
