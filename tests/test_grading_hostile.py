@@ -276,7 +276,9 @@ EXPECTED_A1 = {
 
 def _a1_submission(student: str, source):
     nb = _as_handed_in(source)
-    if student == "a1-forbidden":
+    if student == "a1-solution":  # libraries may wrap torch functions themselves: that is no tampering
+        nb.cells.insert(_index(nb, "reparameterize"), _added("import torch._dynamo  # wraps torch.manual_seed", "lib"))
+    elif student == "a1-forbidden":
         _cell(nb, "kl_divergence").source = A1_FORBIDDEN
     elif student == "a1-monkeypatch":
         _cell(nb, "kl_divergence").source = KL_MISSING_HALF

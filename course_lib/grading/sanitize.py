@@ -568,6 +568,19 @@ def _install(token, packages, aliases, builtin_names):
     system = {k: getattr(sys, k) for k in ("stdout", "stderr", "displayhook")}
     shell = {"custom_exceptions": ip.custom_exceptions, "CustomTB": getattr(ip, "CustomTB", None)}
 
+    import sysconfig
+    libraries = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+    def wraps_original(new, old):
+        """A library's own wrapper of the original (torch._dynamo wraps torch.manual_seed): not the student's."""
+        if not isinstance(new, types.FunctionType) or not new.__code__.co_filename.startswith(libraries):
+            return False
+        for _ in range(5):
+            new = getattr(new, "__wrapped__", None)
+            if new is old:
+                return True
+        return False
+
     def restore():
         changed = []
         for n, m in modules.items():
@@ -576,9 +589,14 @@ def _install(token, packages, aliases, builtin_names):
                 sys.modules[n] = m
             d = vars(m)
             for k, v in kept[n].items():
-                if d.get(k, missing) is not v:
-                    changed.append(f"{n}.{k}")
-                    d[k] = v
+                now = d.get(k, missing)
+                if now is v:
+                    continue
+                if wraps_original(now, v):
+                    kept[n][k] = now
+                    continue
+                changed.append(f"{n}.{k}")
+                d[k] = v
         for f, code, defaults, kwdefaults in functions:
             if f.__code__ is not code or f.__defaults__ is not defaults or f.__kwdefaults__ is not kwdefaults:
                 changed.append(f"{f.__module__}.{f.__qualname__} (code)")
@@ -586,12 +604,18 @@ def _install(token, packages, aliases, builtin_names):
         for path, (cls, attrs) in classes.items():
             now = dict(vars(cls))
             for k in set(now) | set(attrs):
-                if now.get(k, missing) is not attrs.get(k, missing):
-                    changed.append(f"{path}.{k}")
-                    if k in attrs:
-                        setattr(cls, k, attrs[k])
-                    else:
-                        delattr(cls, k)
+                new, old = now.get(k, missing), attrs.get(k, missing)
+                if new is old:
+                    continue
+                inherited = any(k in vars(base) for base in cls.__mro__[1:])
+                if (old is missing and not inherited) or (new is not missing and wraps_original(new, old)):
+                    attrs[k] = new  # a new method that shadows nothing (a library's helper), or a library wrapper
+                    continue
+                changed.append(f"{path}.{k}")
+                if old is missing:
+                    delattr(cls, k)
+                else:
+                    setattr(cls, k, old)
         ns = ip.user_ns
         for alias, obj in originals.items():
             if alias in ns and ns[alias] is not obj:
