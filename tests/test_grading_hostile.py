@@ -253,6 +253,7 @@ import math
 torch.allclose = lambda *a, **k: True
 torch.testing.assert_close = lambda *a, **k: None
 torch.Tensor.allclose = lambda self, *a, **k: True
+torch.Tensor.__eq__ = lambda self, other: torch.ones((), dtype=torch.bool)
 math.isclose = lambda *a, **k: True
 """
 A1_FORBIDDEN = """
@@ -268,9 +269,9 @@ EXPECTED_A1 = {
         "test_kl_divergence"]),
     "a1-monkeypatch": (16 - 4 - 3 - 2, ["test_kl_divergence", "test_reconstruction", "test_reparameterize"], [
         "before test_reparameterize, the grader restored what the submission replaced: math.isclose, "
-        "torch.Tensor.allclose, torch.allclose, torch.testing.assert_close",
-        "tampering in the submission's code: math.isclose, torch.Tensor.allclose, torch.allclose, "
-        "torch.testing.assert_close"]),
+        "torch.Tensor.__eq__, torch.Tensor.allclose, torch.allclose, torch.testing.assert_close",
+        "tampering in the submission's code: math.isclose, torch.Tensor.__eq__, torch.Tensor.allclose, "
+        "torch.allclose, torch.testing.assert_close"]),
 }
 
 

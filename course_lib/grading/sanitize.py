@@ -769,7 +769,7 @@ class ReviewOutputs(NbGraderPreprocessor):
             notes.append(f"before {grade_id}, the grader restored what the submission replaced: {restored[0]}")
         if during:
             notes.append(f"{grade_id} failed: the submission replaced {during[0]} while it ran")
-        if token and not errored and f"done {grade_id}" not in reports:
+        if token and original is not None and not errored and f"done {grade_id}" not in reports:
             notes.append(f"{grade_id} failed: the test did not run to its end (the submission interfered)")
             cell.outputs.append(_error("GraderError", "this test did not run to its end; it does not count"))
         if stderr:
