@@ -92,6 +92,27 @@ def measure(course: Course, assignment: str, jobs: int) -> tuple[float, list]:
     return seconds, statuses
 
 
+def sandbox_overhead(course: Course, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds to start `python -I -c ...` inside a full sandbox (the probe) and plainly."""
+    import statistics
+    import subprocess
+    import sys
+
+    from course_lib.grading import sandbox
+
+    boxed, plain = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        problem = sandbox.namespace_support(course)
+        boxed.append(time.perf_counter() - start)
+        if problem:
+            raise SystemExit(f"no sandbox here: {problem}")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-I", "-c", "pass"], check=True)
+        plain.append(time.perf_counter() - start)
+    return statistics.median(boxed), statistics.median(plain)
+
+
 def main() -> None:
     args = parse_args()
     rows = []
@@ -100,6 +121,8 @@ def main() -> None:
             folder = Path(scratch) / name
             folder.mkdir()
             course, assignment = (toy_course if name == "toy" else a1_course)(folder, args.students)
+            if name == args.courses[0]:
+                boxed, plain = sandbox_overhead(course)
             measure(course, assignment, max(args.jobs))  # warm-up: gradebook entries, caches, forkserver
             for jobs in args.jobs:
                 seconds, statuses = measure(course, assignment, jobs)
@@ -109,6 +132,8 @@ def main() -> None:
                 print(f"{assignment}: jobs={jobs}: {len(statuses)} submissions in {seconds:.1f} s")
             isolation = statuses[0].isolation
     print(f"\nkernels: {isolation}")
+    print(f"sandbox set-up: a probe (namespaces, mounts, python -I -c pass) takes {boxed * 1000:.0f} ms, "
+          f"the same python without the sandbox {plain * 1000:.0f} ms (medians of 5)")
     print(f"machine: {os.cpu_count()} CPU cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"(at the end)\n")
     print(f"{'assignment':<10} {'jobs':>4} {'submissions':>11} {'seconds':>8} {'per minute':>10} "
