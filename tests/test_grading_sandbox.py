@@ -342,3 +342,56 @@ def test_instructor_without_root_gets_the_sandbox_too(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("1000 None namespaces") and "instructor's uid" in done.stdout, done.stdout
+
+
+def _start_launcher(course: Course, tmp_path: Path, code: str):
+    """The launcher of kernel_config, running ``python -c code`` instead of ipykernel in a fresh working folder."""
+    import subprocess
+
+    workdir = course.autograded_dir / "probe" / "toy"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    policy = sandbox._policy(course, workdir, SandboxSettings(level="namespaces", processes=PROCESSES),
+                             [sandbox.interpreter(), "-c", code])
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    proc = subprocess.Popen([sys.executable, "-I", sandbox.__file__, "--policy", str(tmp_path / "policy.json")],
+                            cwd=workdir, start_new_session=True)
+    return proc, workdir
+
+
+def _wait_for(path: Path, seconds: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path.name} never appeared"
+
+
+def test_limits_signals_and_death_with_the_parent(batch, tmp_path):
+    """rlimits as configured; SIGTERM reaches the kernel through launcher and init; SIGKILL on the launcher
+    takes the whole sandbox with it (PDEATHSIG, then the PID namespace)."""
+    import signal
+    import time
+
+    import psutil
+
+    course, _ = batch
+    code = ("import resource, json, time; names = ['RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_FSIZE', 'RLIMIT_NPROC', "
+            "'RLIMIT_CORE']; limits = {n: resource.getrlimit(getattr(resource, n))[0] for n in names}; "
+            "open('limits.json', 'w').write(json.dumps(limits)); time.sleep(600)")
+    proc, workdir = _start_launcher(course, tmp_path, code)
+    _wait_for(workdir / "limits.json")
+    assert json.loads((workdir / "limits.json").read_text()) == {
+        "RLIMIT_AS": 4 * GIB, "RLIMIT_CPU": 900, "RLIMIT_FSIZE": GIB, "RLIMIT_NPROC": PROCESSES, "RLIMIT_CORE": 0}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 128 + signal.SIGTERM, "the kernel did not die of the forwarded SIGTERM"
+
+    proc, workdir = _start_launcher(course, tmp_path, "import time; open('up', 'w').write('1'); time.sleep(600)")
+    _wait_for(workdir / "up")
+    inside = psutil.Process(proc.pid).children(recursive=True)
+    assert len(inside) == 2, f"expected init and the kernel under the launcher, got {inside}"
+    proc.kill()
+    proc.wait(30)
+    gone, alive = psutil.wait_procs(inside, timeout=10)
+    assert not alive, f"still running after the launcher was killed: {alive}"
