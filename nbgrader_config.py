@@ -63,7 +63,9 @@ c.ClearSolutions.enforce_metadata = True
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT") or 120)
 c.Execute.interrupt_on_timeout = True
 c.Execute.execute_retries = 0
-c.Execute.kernel_name = "python3"
+c.Execute.kernel_name = "python3"  # release/validate run the instructor's notebooks; autograde replaces it, per
+# submission, with a sandboxed kernelspec written in the workspace (course_lib/grading/sandbox.py: namespaces,
+# course hidden, rlimits; `python -m course_lib.grading autograde --help` for the limits)
 c.ExecutePreprocessor.timeout = c.Execute.timeout
 
 # 4. Autograde: tests and locked cells are always replaced by the gradebook's copy (students cannot edit them).
