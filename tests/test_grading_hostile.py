@@ -197,6 +197,12 @@ def _mutate(student: str, nb) -> None:
         _cell(nb, "norm").source = "def norm(v):\n    return float(_impl(v))"
     elif student == "stray-files":
         _cell(nb, "norm").source = CHEAT_NORM
+    elif student == "old-format":  # nbformat 4.4, as older Jupyter saves it: cells without ids
+        nb.nbformat_minor = 4
+        for cell in nb.cells:
+            cell.pop("id", None)
+        _cell(nb, "double").source = WRONG_DOUBLE
+        nb.cells.remove(_cell(nb, "test_double"))
 
 
 EXTRA_FILES = {
@@ -213,6 +219,7 @@ NOTE = {
 # student -> (status, score, cells that lose points, notes that must be in the detail); max score 3
 EXPECTED = {
     "solution": ("graded", 3, [], []),
+    "old-format": ("graded", 2, ["test_double"], [NOTE["missing"]]),
     "edited-test": ("graded", 2, ["test_double"], [NOTE["edited"]]),
     "deleted-test": ("graded", 3, [], [NOTE["missing"]]),
     "duplicated-answer": ("graded", 3, [], ["cell double appeared 2 times: the first copy is kept"]),
