@@ -534,3 +534,12 @@ def test_bad_input_names_the_argument(tmp_path, call, argname):
     course = _make_course(tmp_path / "course")
     with pytest.raises(ValueError, match=argname):
         call(course)
+
+
+def test_a_failing_test_keeps_its_own_traceback(batch):
+    """The guard lives in cells of its own: a failing assertion is reported at its own line, guard-free."""
+    nb = nbformat.read(str(batch["course"].autograded_dir / "edited-test" / "norms" / "norms.ipynb"), as_version=4)
+    error, = [o for o in _cell(nb, "test_double").outputs if o.output_type == "error"]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error.traceback))  # without the colours
+    assert error.ename == "AssertionError" and "double(2) should be 4" in error.evalue
+    assert "_grader_" not in text and "----> 1 assert double(2) == 4" in text

@@ -501,7 +501,8 @@ class RebuildFromSource(NbGraderPreprocessor):
 
     def _compare(self, kind, grade_id, meta, stored, student):
         if student.cell_type != stored["cell_type"]:
-            self.notes.append(f"{kind} {grade_id} was turned into {student.cell_type}: restored as {stored['cell_type']}")
+            self.notes.append(f"{kind} {grade_id} was turned into {student.cell_type}: "
+                              f"restored as {stored['cell_type']}")
         theirs = _nbgrader(student)
         flags = [k for k in ("grade", "solution", "locked", "points")
                  if bool(theirs.get(k)) != bool(meta.get(k)) or (k == "points" and theirs.get(k) != meta.get(k))]
@@ -662,10 +663,12 @@ def _install(token, packages, aliases, builtin_names):
 
 
 class InjectGuard(NbGraderPreprocessor):
-    """Before execution: a first cell that snapshots the originals, and a guard call around every test cell.
+    """Before execution: a first cell that snapshots the originals; before every test cell a guard cell that
+    restores them; at the end of every test cell a guard call that fails the test if they changed meanwhile.
 
-    The original test source is kept in the cell's metadata (the kernel never sees metadata) and put back by
-    ``ReviewOutputs``, so the saved notebook shows the instructor's test exactly.
+    The guard cells are removed after execution, the test's own source is kept in its metadata (the kernel never
+    sees metadata) and put back by ``ReviewOutputs``: the saved notebook shows the instructor's test exactly,
+    and the test's line numbers in tracebacks are its own.
     """
 
     packages = List(Unicode(), list(ALWAYS_GUARDED), help="packages whose functions are snapshotted").tag(config=True)
@@ -676,17 +679,32 @@ class InjectGuard(NbGraderPreprocessor):
         args = ", ".join(repr(x) for x in (token, tuple(self.packages), dict(self.aliases), GUARDED_BUILTINS))
         setup = f"exec({_GUARD_CODE + f'_install({args})'!r}, {{'__name__': '_grader'}})"
         call = f"__import__('sys')._grader_{token}"
+        cells = [_new_cell(nb, "code", setup, f"grader-{token}", {META: {"guard": "setup"}})]
         for cell in nb.cells:
             if _is_test(cell) and not cell.source.lstrip().startswith("%%"):
+                grade_id = _nbgrader(cell)["grade_id"]
+                cells.append(_new_cell(nb, "code", f"{call}('before', {grade_id!r})", f"grader-{grade_id}-{token}",
+                                       {META: {"guard": "before", "test": grade_id}}))
                 cell.metadata[META] = {"source": cell.source}
-                cell.source = f"{call}('before', {_nbgrader(cell)['grade_id']!r})\n{cell.source}\n" \
-                              f"{call}('after', {_nbgrader(cell)['grade_id']!r})"
-        nb.cells.insert(0, _new_cell(nb, "code", setup, f"grader-{token}", {META: {"guard": True}}))
+                cell.source = f"{cell.source}\n{call}('after', {grade_id!r})"
+            cells.append(cell)
+        nb.cells = cells
         nb.metadata.setdefault(META, {})["token"] = token
         return nb, resources
 
 
 # ---------------------------------------------------------------------- autograde pass: after execution
+
+def _reports(outputs, token) -> list[str]:
+    """The guard's report lines ("[grader:<token>] ...") in stream outputs, removed from them and returned."""
+    marker, found = f"[grader:{token}] ", []
+    for out in outputs:
+        if token and out.get("output_type") == "stream":
+            lines = out.text.splitlines(keepends=True)
+            found += [line[len(marker):].strip() for line in lines if line.startswith(marker)]
+            out.text = "".join(line for line in lines if not line.startswith(marker))
+    return found
+
 
 def _output_bytes(output) -> int:
     return len(json.dumps(output))
@@ -720,17 +738,23 @@ class ReviewOutputs(NbGraderPreprocessor):
         state = nb.metadata.pop(META, {})
         notes, token = list(state.get("notes", [])), state.get("token")
         no_credit = state.get("no_credit", {})
-        if nb.cells and nb.cells[0].get("metadata", {}).get(META, {}).get("guard"):
-            guard = nb.cells.pop(0)
-            failed = [o for o in guard.get("outputs", []) if o.get("output_type") == "error"]
-            if failed:
+        reports, cells = {}, []
+        for cell in nb.cells:  # the guard cells go; what they reported is kept for the test they precede
+            guard = cell.get("metadata", {}).get(META, {}).get("guard") if cell.cell_type == "code" else None
+            if guard is None:
+                cells.append(cell)
+                continue
+            failed = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if failed and guard == "setup":
                 notes.append(f"the grader's guard did not start: {failed[0].get('ename')}: {failed[0].get('evalue')}")
+            reports[cell.metadata[META].get("test")] = _reports(cell.get("outputs", []), token)
+        nb.cells = cells
         budget = [self.notebook_output_bytes]
         for cell in nb.cells:
             if cell.cell_type != "code":
                 continue
             if _is_test(cell):
-                self._review_test(cell, token, no_credit, notes)
+                self._review_test(cell, token, reports.get(_nbgrader(cell)["grade_id"], []), no_credit, notes)
             self._cap(cell, budget, notes)
         if notes:
             text = "**Notes from the grader**\n\n" + "\n".join(f"- {n}" for n in _dedupe(notes))
@@ -738,28 +762,23 @@ class ReviewOutputs(NbGraderPreprocessor):
         self._save_notes(resources, notes)
         return nb, resources
 
-    def _review_test(self, cell, token, no_credit, notes):
+    def _review_test(self, cell, token, reports, no_credit, notes):
         grade_id = _nbgrader(cell)["grade_id"]
         original = cell.metadata.get(META, {}).pop("source", None)
         if original is not None:
             cell.source = original
-        reports, outputs, stderr, result = [], [], False, False
+        reports, outputs, stderr, result = reports + _reports(cell.outputs, token), [], False, False
         for out in cell.outputs:
-            if out.output_type == "stream":
-                lines = out.text.splitlines(keepends=True)
-                marker = f"[grader:{token}] "
-                reports += [line[len(marker):].strip() for line in lines if token and line.startswith(marker)]
-                out.text = "".join(line for line in lines if not (token and line.startswith(marker)))
-                if out.name == "stderr":  # scored as stdout; RestoreStderr names it stderr again once scored
-                    out.name, stderr = "stdout", True
-                    cell.metadata.setdefault(META, {}).setdefault("stderr", []).append(len(outputs))
-                if not out.text:
-                    continue
+            if out.output_type == "stream" and not out.text:
+                continue  # it held only the guard's report
+            if out.output_type == "stream" and out.name == "stderr":
+                out.name, stderr = "stdout", True  # scored as stdout; RestoreStderr names it stderr again once scored
+                cell.metadata.setdefault(META, {}).setdefault("stderr", []).append(len(outputs))
             elif out.output_type == "execute_result":
                 out.output_type, result = "display_data", True
                 out.pop("execution_count", None)
-            elif out.output_type == "error":
-                out.traceback = [line for line in out.traceback if not (token and token in line)]
+            elif out.output_type == "error" and token:  # the guard's line, where a traceback quotes it
+                out.traceback = ["\n".join(l for l in entry.split("\n") if token not in l) for entry in out.traceback]
             outputs.append(out)
         cell.outputs = outputs
         errored = any(o.output_type == "error" for o in outputs)
