@@ -37,7 +37,7 @@ DOUBLE = "def double(x):\n    return 2 * x\n"
 
 # What the spy tries; each line of its output is "SPY <name> LEAKED|BLOCKED <why>".
 SPY_CODE = DOUBLE + r'''
-import glob, os, pathlib
+import glob, os, pathlib, socket
 def _try(name, action):
     try:
         result = action()
@@ -64,9 +64,10 @@ _try("connection_files", lambda: _must(glob.glob("/tmp/*.json")))  # every kerne
 _try("outside_proc", lambda: os.readlink(f"/proc/{P['outside_pid']}/cwd"))
 _try("course_write", lambda: _open_for_append(P["course_file"]))
 _try("home", lambda: _must([n for n in os.listdir(P["home"]) if n != ".pyenv"]))
+_try("network", lambda: socket.create_connection(("127.0.0.1", P["port"]), timeout=5).close())
 '''
 ATTACKS = ["source_notebook", "repo_tests", "git", "gradebook_read", "gradebook_write", "status_write",
-           "other_submission", "other_autograded", "connection_files", "outside_proc", "course_write", "home"]
+           "other_submission", "other_autograded", "connection_files", "outside_proc", "course_write", "home", "network"]
 
 SUBMISSIONS = {  # student -> (answer cell source, hands in weights.txt)
     "ok": (DOUBLE, True),
@@ -100,13 +101,22 @@ def _make_course(folder: Path, gradebook: Path) -> Course:
     return Course(root=root, cell_timeout=CELL_TIMEOUT)
 
 
+LISTENER = None  # a TCP server of the test process on localhost: what the spy's "network" attack reaches
+
+
 def _spy_code(course: Course) -> str:
+    global LISTENER
+    import socket
+
+    if LISTENER is None:
+        LISTENER = socket.create_server(("127.0.0.1", 0))
     paths = {"source": str(course.source_dir / "toy" / "toy.ipynb"), "repo_test": str(course.root / "tests" /
              "test_hidden.py"), "git": str(course.root / ".git" / "config"),
              "gradebook": str(course.workspace / "gradebook.db"), "status": str(course.status_file),
              "other": str(course.submission_dir("ok", "toy") / "toy.ipynb"),
              "autograded": str(course.autograded_dir),
-             "outside_pid": os.getpid(), "course_file": str(course.root / "notes.txt"), "home": str(Path.home())}
+             "outside_pid": os.getpid(), "course_file": str(course.root / "notes.txt"), "home": str(Path.home()),
+             "port": LISTENER.getsockname()[1]}
     return SPY_CODE.replace("{paths}", repr(paths))
 
 

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from course_lib._checks import check_float
 from course_lib._io import atomic_write_json
 from course_lib.grading.course import STUDENT_ID_PATTERN, Course, check_student_id, kernel_environment
+from course_lib.grading import sandbox
 from course_lib.grading.sandbox import SETTINGS_ENV, SandboxSettings, resolve_settings
 
 __all__ = ["SubmissionStatus", "autograde", "autograde_submission", "load_statuses", "forget_status"]
@@ -186,12 +187,16 @@ def _run_worker(course: Course, assignment: str, student: str, timeout: float, l
         job = {"root": str(course.root), "env": env, "log": str(log_path), "result": str(result_path),
                "assignment": assignment, "student": student}
         proc = _process_context().Process(target=_worker.run, args=(job,), name=f"autograde-{student}")
+        (course.workspace / "sandbox" / assignment / student / "init.pid").unlink(missing_ok=True)  # a stale one
         with _START_LOCK, _caller_script_hidden():
             proc.start()
         proc.join(timeout)
-        if proc.is_alive():
+        killed = proc.is_alive()
+        if killed:
             _kill_tree(proc.pid)
             proc.join()
+        sandbox.wait_for_sandbox_exit(course, assignment, student)  # (a killed worker could not clean up)
+        if killed:
             shutil.rmtree(course.autograded_dir / student / assignment, ignore_errors=True)  # half-written
             return {"status": "failed-timeout", "detail": f"killed after {timeout:.0f} s"}
         if result_path.is_file():

@@ -6,7 +6,8 @@ points JUPYTER_PATH at it and tells nbgrader to use it (``Execute.kernel_name``)
 builds the sandbox and finally execs ipykernel inside it:
 
     worker (nbgrader, outside)
-      launcher        new user + mount namespace (its uid/gid map is written by a helper that stays outside);
+      launcher        new user + mount + network namespace (its uid/gid map is written by a helper that stays
+                      outside; no network: kernel and nbgrader talk over unix sockets in a folder of their own);
                       forwards SIGINT (interrupt), SIGTERM, SIGHUP to init; dies with the worker (PDEATHSIG)
         init (pid 1)  of a new PID namespace: fresh /proc (outside processes are invisible, so no
                       /proc/<pid>/root escape); every mount made read-only; the course root, the grading
@@ -25,11 +26,10 @@ builds the sandbox and finally execs ipykernel inside it:
     working folder and gives it back to the grader before nbgrader writes the graded notebook there.
 
 Isolation levels (``SandboxSettings.describe``, recorded with every submission's status):
-    namespaces    the above
+    namespaces    the above (network namespace included: no network at all, localhost included)
     unsandboxed   rlimits only, the kernel sees everything: only with ``allow_unsandboxed`` (namespaces missing)
 
-Not covered: network (the kernel talks to nbgrader over localhost TCP, so it keeps the host network and its
-abstract unix sockets), total memory of N parallel kernels and of a kernel's children (rlimits are per
+Not covered: total memory of N parallel kernels and of a kernel's children (rlimits are per
 process; cgroups would be needed), disk use of the working folder (one file <= file_bytes, not their number),
 CPU time of the grading machinery itself (the submission timeout covers it), what the kernel sends back to
 nbgrader (the notebook-level guards of ``sanitize`` deal with that).
@@ -115,7 +115,7 @@ class SandboxSettings:
                   f"{self.file_bytes / GIB:g} GiB, {self.processes} processes, no core dumps")
         if self.level == "namespaces":
             who = f"uid {NOBODY}" if os.geteuid() == 0 else "the instructor's uid"
-            return f"namespaces (user, mount, pid; course hidden; {who}); {limits}"
+            return f"namespaces (user, mount, pid, network; course hidden; {who}); {limits}"
         return f"unsandboxed (allow_unsandboxed: limits only, the kernel can read everything); {limits}"
 
 
@@ -222,7 +222,8 @@ def _policy(course, workdir: Path, settings: SandboxSettings, kernel_argv: list[
     expose = {*_python_paths(), str(Path(course_lib.__file__).resolve().parent), *settings.read_only_paths}
     _check_read_only_paths(settings.read_only_paths, hide)
     root_mode = os.geteuid() == 0
-    return {"level": settings.level, "workdir": str(workdir.resolve()),
+    return {"level": settings.level, "workdir": str(workdir.resolve()), "writable": [str(workdir.resolve())],
+            "isolate_network": True,
             "hide": sorted(os.path.realpath(p) for p in hide),
             "expose": sorted(os.path.realpath(p) for p in expose if os.path.exists(p)),
             "private": [p for p in PRIVATE_DIRS if os.path.isdir(p)],
@@ -247,6 +248,8 @@ def kernel_config(course, assignment: str, student: str):
     prepends that folder to JUPYTER_PATH (this is the worker process of this one submission) and sets
     ``Execute.kernel_name``.
     """
+    import tempfile
+
     from traitlets.config import Config
 
     settings = settings_from_environment()
@@ -256,6 +259,14 @@ def kernel_config(course, assignment: str, student: str):
     workdir = course.autograded_dir / student / assignment
     kernel_argv = [interpreter(), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     policy = {**_policy(course, workdir, settings, kernel_argv), "init_pidfile": str(folder / "init.pid")}
+    config = Config()
+    if settings.level == "namespaces":  # no network: kernel and nbgrader talk over unix sockets in a shared folder
+        ipc_dir = os.path.realpath(tempfile.mkdtemp(prefix="course-kernel-"))  # short: socket paths <= 107 bytes
+        policy.update(ipc_dir=ipc_dir, writable=[*policy["writable"], ipc_dir])
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(ipc_dir, "k")
+    else:
+        policy["isolate_network"] = False
     (folder / "init.pid").unlink(missing_ok=True)
     (folder / "policy.json").write_text(json.dumps(policy, indent=1))
     spec = {"argv": [sys.executable, "-I", str(Path(__file__).resolve()), "--policy", str(folder / "policy.json"),
@@ -264,7 +275,6 @@ def kernel_config(course, assignment: str, student: str):
             "interrupt_mode": "signal", "metadata": {"debugger": False}}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(folder), *filter(None, [os.environ.get("JUPYTER_PATH")])])
-    config = Config()
     config.Execute.kernel_name = KERNEL_NAME
     return config
 
@@ -277,21 +287,28 @@ def wait_for_sandbox_exit(course, assignment: str, student: str, timeout: float 
     """
     import time
 
-    pidfile = course.workspace / "sandbox" / assignment / student / "init.pid"
+    import shutil
+
+    folder = course.workspace / "sandbox" / assignment / student
     try:
-        pid = int(pidfile.read_text())
+        pid = int((folder / "init.pid").read_text())
     except (OSError, ValueError):
-        return True  # never started (unsandboxed, or the launcher failed early)
+        pid = None  # never started (unsandboxed, or the launcher failed early)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    gone = pid is None
+    while not gone and time.monotonic() < deadline:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            gone = state in ("Z", "X")  # a zombie init has already emptied its namespace
         except (OSError, IndexError):
-            return True
-        if state in ("Z", "X"):  # a zombie init has already emptied its namespace
-            return True
-        time.sleep(0.05)
-    return False
+            gone = True
+        if not gone:
+            time.sleep(0.05)
+    if gone:  # the folder of the kernel's sockets
+        ipc_dir = json.loads((folder / "policy.json").read_text()).get("ipc_dir")
+        if ipc_dir:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
+    return gone
 
 
 def clean_workdir(workdir: Path) -> list[str]:
@@ -326,7 +343,7 @@ def clean_workdir(workdir: Path) -> list[str]:
 # ============================================================================================== launcher
 # Everything below runs in the launcher process (standard library only).
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
@@ -401,13 +418,14 @@ def _enter_namespaces(libc, policy: dict) -> None:
         os._exit(0)
     os.close(ready_r)
     os.close(done_w)
-    failed = libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID)
+    network = CLONE_NEWNET if policy["isolate_network"] else 0
+    failed = libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | network)
     errno = ctypes.get_errno()
     os.write(ready_w, b"0" if failed else b"1")
     message = os.read(done_r, 4096)
     os.waitpid(helper, 0)
     if failed:
-        raise OSError(errno, f"unshare(user, mount, pid): {os.strerror(errno)}")
+        raise OSError(errno, f"unshare(user, mount, pid, network): {os.strerror(errno)}")
     if message != b"ok":
         raise OSError(message.decode(errors="replace"))
 
@@ -417,7 +435,7 @@ def _hide_and_expose(libc, policy: dict) -> None:
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back out
     _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # our PID namespace only
     hidden = sorted(set(policy["hide"] + policy["private"]))
-    exposed = [(p, False) for p in policy["expose"]] + [(policy["workdir"], True)]
+    exposed = [(p, False) for p in policy["expose"]] + [(p, True) for p in policy["writable"]]
     # only folders that a hidden one covers need a bind; skip those inside another exposed folder
     exposed = [(p, rw) for p, rw in exposed if any(_under(p, h) for h in hidden)]
     exposed = [(p, rw) for p, rw in exposed if rw or not any(q != p and _under(p, q) for q, _ in exposed)]
@@ -552,10 +570,11 @@ def launch(policy: dict, connection_file: str | None) -> int:
     connection = Path(connection_file).read_bytes() if connection_file else None
     cache = policy.get("matplotlib_cache")
     fontlist = Path(cache).read_bytes() if cache and os.path.isfile(cache) else None
-    if os.geteuid() == 0:  # the kernel's uid must own its working folder
-        for folder, dirs, files in os.walk(policy["workdir"]):
-            for name in [*dirs, *files, ""]:
-                os.lchown(os.path.join(folder, name), policy["uid"], policy["gid"])
+    if os.geteuid() == 0:  # the kernel's uid must own its working folder (and the folder of its sockets)
+        for top in policy["writable"]:
+            for folder, dirs, files in os.walk(top):
+                for name in [*dirs, *files, ""]:
+                    os.lchown(os.path.join(folder, name), policy["uid"], policy["gid"])
     if connection_file:  # other kernels' connection files (their keys) sit next to it: hide the folder
         policy = {**policy, "hide": [*policy["hide"], os.path.realpath(os.path.dirname(connection_file))]}
         argv = [("/tmp/runtime/kernel.json" if a == connection_file else a) for a in argv]
