@@ -773,7 +773,7 @@ class ReviewOutputs(NbGraderPreprocessor):
                 continue  # it held only the guard's report
             if out.output_type == "stream" and out.name == "stderr":
                 out.name, stderr = "stdout", True  # scored as stdout; RestoreStderr names it stderr again once scored
-                cell.metadata.setdefault(META, {}).setdefault("stderr", []).append(len(outputs))
+                out[META] = "stderr"  # in memory only: RestoreStderr removes it before the notebook is written
             elif out.output_type == "execute_result":
                 out.output_type, result = "display_data", True
                 out.pop("execution_count", None)
@@ -850,10 +850,11 @@ class RestoreStderr(NbGraderPreprocessor):
     """After scoring: text a test cell wrote to stderr is saved as stderr again (shown as such in the feedback)."""
 
     def preprocess_cell(self, cell, resources, index):
-        marks = cell.metadata.pop(META, {}) if cell.cell_type == "code" else {}
-        for position in marks.get("stderr", []):
-            if position < len(cell.outputs) and cell.outputs[position].output_type == "stream":
-                cell.outputs[position].name = "stderr"
+        if cell.cell_type == "code":
+            cell.metadata.pop(META, None)
+            for out in cell.outputs:
+                if out.pop(META, None) == "stderr":
+                    out.name = "stderr"
         return cell, resources
 
 
