@@ -27,8 +27,8 @@ pytest.importorskip("nbgrader")
 from course_lib.grading import Course, autograde, export_csv, feedback  # noqa: E402
 from course_lib.grading.cells import answer_cell, locked_cell, markdown, notebook  # noqa: E402
 from course_lib.grading.cells import test_cell as make_test_cell  # noqa: E402  (not a test)
-from course_lib.grading.sanitize import (LIMITS, findings, scan_cells, screen_files,  # noqa: E402
-                                         submission_config, autograde_config)
+from course_lib.grading.sanitize import (LIMITS, POLICIES, autograde_config, findings, scan_cells,  # noqa: E402
+                                         screen_files, submission_config)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -506,6 +506,37 @@ def test_scan_has_no_false_alarm(student_code):
     assert banned == {} and tampering == []
     # the instructor's own cells may use anything
     assert scan_cells([("import numpy as np\nnp.linalg.norm([1.0])", False)], POLICY) == ({}, [])
+
+
+def _scan_source(assignment: str, extra: dict[str, str] | None = None):
+    """Scan an assignment's source notebook as if the answers (plus ``extra`` lines) were the student's."""
+    source = nbformat.read(str(ROOT / "solutions" / assignment / f"{assignment}.ipynb"), as_version=4)
+    cells = []
+    for cell in source.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code":
+            added = (extra or {}).get(meta.get("grade_id"), "")
+            cells.append((cell.source + "\n" + added, bool(meta.get("solution"))))
+    return source, scan_cells(cells, POLICIES[assignment])
+
+
+@pytest.mark.parametrize("assignment", sorted(POLICIES))
+def test_policies_name_real_cells_and_accept_the_solutions(assignment):
+    source, (banned, tampering) = _scan_source(assignment)
+    ids = {c.metadata.nbgrader["grade_id"]: c.metadata.nbgrader for c in source.cells if "nbgrader" in c.metadata}
+    for answer, rule in POLICIES[assignment].items():
+        assert ids.get(answer, {}).get("solution"), f"{answer!r} is not an answer cell of {assignment}"
+        assert rule["tests"] and all(ids.get(t, {}).get("grade") for t in rule["tests"]), rule["tests"]
+    assert banned == {} and tampering == [], "the instructor's own solution must not be flagged"
+
+
+@pytest.mark.parametrize("assignment, answer, forbidden", [
+    (a, answer, name) for a in sorted(POLICIES) for answer, rule in POLICIES[a].items() for name in rule["forbidden"]])
+def test_policies_catch_each_library_piece(assignment, answer, forbidden):
+    module, name = forbidden.rsplit(".", 1)
+    call = f"from {module} import {name} as _library_version\n_library_version"
+    _, (banned, _) = _scan_source(assignment, {answer: call})
+    assert answer in banned and forbidden in banned[answer], banned
 
 
 @pytest.mark.parametrize("student_code, flagged", [

@@ -90,6 +90,28 @@ POLICIES = {
         "multi_head_attention": {"tests": ["test_multi_head_attention"],
                                  "forbidden": ["course_lib.attention.MultiHeadAttention"]},
     },
+    "a3_ddpm": {
+        "make_betas": {"tests": ["test_make_betas"],
+                       "forbidden": ["course_lib.schedulers.make_betas", "diffusers.DDPMScheduler",
+                                     "diffusers.DDIMScheduler"]},
+        "q_sample": {"tests": ["test_q_sample"],
+                     "forbidden": ["course_lib.schedulers.DDPMScheduler", "diffusers.DDPMScheduler"]},
+        "ddpm_step": {"tests": ["test_ddpm_step"],
+                      "forbidden": ["course_lib.schedulers.DDPMScheduler", "diffusers.DDPMScheduler"]},
+        "ddim_step": {"tests": ["test_ddim_step"],
+                      "forbidden": ["course_lib.schedulers.DDIMScheduler", "diffusers.DDIMScheduler"]},
+    },
+    "a5_lora": {
+        "lora_linear": {"tests": ["test_lora_init", "test_lora_forward", "test_merge_unmerge"],
+                        "forbidden": ["course_lib.lora.LoRALinear", "peft.tuners.lora.Linear",
+                                      "peft.tuners.lora.LoraLayer"]},
+        "inject_lora": {"tests": ["test_inject"],
+                        "forbidden": ["course_lib.lora.inject_lora", "peft.get_peft_model",
+                                      "peft.inject_adapter_in_model"]},
+        "counts": {"tests": ["test_counts"],
+                   "forbidden": ["course_lib.lora.lora_parameter_count", "course_lib.lora.count_trainable_parameters"]},
+        "save_lora_weights": {"tests": ["test_export"], "forbidden": ["course_lib.lora.save_lora"]},
+    },
 }
 
 # Modules whose functions the guard snapshots when the source notebook imports them (plus these three always).
