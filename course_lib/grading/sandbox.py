@@ -261,7 +261,8 @@ def kernel_config(course, assignment: str, student: str):
     policy = {**_policy(course, workdir, settings, kernel_argv), "init_pidfile": str(folder / "init.pid")}
     config = Config()
     if settings.level == "namespaces":  # no network: kernel and nbgrader talk over unix sockets in a shared folder
-        ipc_dir = os.path.realpath(tempfile.mkdtemp(prefix="course-kernel-"))  # short: socket paths <= 107 bytes
+        base = tempfile.gettempdir() if len(tempfile.gettempdir()) < 48 else "/tmp"  # socket paths <= 107 bytes
+        ipc_dir = os.path.realpath(tempfile.mkdtemp(prefix="course-kernel-", dir=base))
         policy.update(ipc_dir=ipc_dir, writable=[*policy["writable"], ipc_dir])
         config.KernelManager.transport = "ipc"
         config.KernelManager.ip = os.path.join(ipc_dir, "k")
@@ -436,8 +437,8 @@ def _hide_and_expose(libc, policy: dict) -> None:
     _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # our PID namespace only
     hidden = sorted(set(policy["hide"] + policy["private"]))
     exposed = [(p, False) for p in policy["expose"]] + [(p, True) for p in policy["writable"]]
-    # only folders that a hidden one covers need a bind; skip those inside another exposed folder
-    exposed = [(p, rw) for p, rw in exposed if any(_under(p, h) for h in hidden)]
+    # read-only ones need a bind only where a hidden folder covers them, and not inside another exposed one
+    exposed = [(p, rw) for p, rw in exposed if rw or any(_under(p, h) for h in hidden)]
     exposed = [(p, rw) for p, rw in exposed if rw or not any(q != p and _under(p, q) for q, _ in exposed)]
     for path, _ in exposed:  # binding it would bring back what is hidden inside it
         inside = [h for h in hidden if h != path and _under(h, path)]
