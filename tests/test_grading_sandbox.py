@@ -67,7 +67,8 @@ _try("home", lambda: _must([n for n in os.listdir(P["home"]) if n != ".pyenv"]))
 _try("network", lambda: socket.create_connection(("127.0.0.1", P["port"]), timeout=5).close())
 '''
 ATTACKS = ["source_notebook", "repo_tests", "git", "gradebook_read", "gradebook_write", "status_write",
-           "other_submission", "other_autograded", "connection_files", "outside_proc", "course_write", "home", "network"]
+           "other_submission", "other_autograded", "connection_files", "outside_proc", "course_write", "home",
+           "network"]
 
 SUBMISSIONS = {  # student -> (answer cell source, hands in weights.txt)
     "ok": (DOUBLE, True),

@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from course_lib._checks import check_float
 from course_lib._io import atomic_write_json
-from course_lib.grading.course import STUDENT_ID_PATTERN, Course, check_student_id, kernel_environment
 from course_lib.grading import sandbox
+from course_lib.grading.course import STUDENT_ID_PATTERN, Course, check_student_id, kernel_environment
 from course_lib.grading.sandbox import SETTINGS_ENV, SandboxSettings, resolve_settings
 
 __all__ = ["SubmissionStatus", "autograde", "autograde_submission", "load_statuses", "forget_status"]

@@ -186,7 +186,9 @@ def interpreter() -> str:
     prefix = os.path.realpath(sys.prefix)
     relative = os.path.relpath(sys.executable, sys.prefix)
     candidate = os.path.join(prefix, relative)
-    return candidate if not relative.startswith("..") and os.path.exists(candidate) else os.path.realpath(sys.executable)
+    if relative.startswith("..") or not os.path.exists(candidate):
+        return os.path.realpath(sys.executable)
+    return candidate
 
 
 def _matplotlib_cache() -> str | None:
