@@ -69,7 +69,7 @@ class MiniSDConfig:
     unet_batch_size: int = 64
     unet_lr: float = 1e-3
     cond_dropout: float = 0.1
-    text_features: str = "last_hidden_state"  # what the UNet attends to (pipeline.encode_text)
+    text_features: str = "last_hidden_state+token_embeddings"  # what the UNet attends to (pipeline.encode_text)
     ema_decay: float = 0.999
     snr_gamma: float | None = 5.0   # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
     num_train_timesteps: int = 1000
