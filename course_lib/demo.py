@@ -115,17 +115,18 @@ def _figures(pipe: MiniSDPipeline, images: torch.Tensor, config: MiniSDConfig, o
                     row_labels=["input"] + [f"strength {s}" for s in strengths],
                     title='img2img: "a red circle" images, prompt "a blue square"')
 
-    # inpainting: regenerate the right half with another prompt, keep the left half
+    # inpainting: replace an object. The mask (1 = generate) is each yellow square's region grown by 4 pixels; the
+    # black background kept everywhere else tells the model where the new object must go.
     source = shapes_batch(4, seed=config.seed + 50_000, image_size=config.image_size, pairs=[("yellow", "square")])
-    mask = torch.zeros(1, 1, config.image_size, config.image_size)
-    mask[..., config.image_size // 2:] = 1
-    result = pipe.inpaint(source["image"], mask, ["a red triangle"] * 4, generator=torch.Generator().manual_seed(0),
-                          num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                          progress=False).images
+    is_object = (source["image"].amax(dim=1, keepdim=True) > -0.9).float()  # (4, 1, H, W): non-black pixels
+    mask = torch.nn.functional.max_pool2d(is_object, kernel_size=9, stride=1, padding=4)
+    results = [pipe.inpaint(source["image"], mask, [prompt] * 4, generator=torch.Generator().manual_seed(0),
+                            num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                            progress=False).images for prompt in ("a red triangle", "a blue circle")]
     shown_mask = source["image"] * (1 - mask) + mask * torch.tensor([0.6, 0.6, 0.6]).view(1, 3, 1, 1)
-    save_image_grid(torch.cat([source["image"], shown_mask, result]), out_dir / "inpaint.png", nrow=4,
-                    row_labels=["input", "mask (grey = generate)", '"a red triangle"'],
-                    title="inpainting: keep the left half, generate the right half")
+    save_image_grid(torch.cat([source["image"], shown_mask, *results]), out_dir / "inpaint.png", nrow=4,
+                    row_labels=["input", "mask (grey = generate)", '"a red triangle"', '"a blue circle"'],
+                    title="inpainting: replace the yellow square, keep the rest")
 
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(losses), figsize=(4.5 * len(losses), 3.5))
