@@ -376,20 +376,21 @@ if not AUTOGRADE:  # the graders skip training and grade the weights you submit
 '''
 
 A1_TEST_RECON = '''
-# Graded: held-out reconstruction error of the saved weights.
+# Graded: held-out reconstruction error of the saved weights (on the held-out digits loaded afresh here).
 assert os.path.exists(WEIGHTS), f"{WEIGHTS} not found: run the training cell (and submit the file with the notebook)"
 trained = TinyVAE()
 trained.load_state_dict(load_file(WEIGHTS))
 trained.eval()
+_held_out, _ = load_digits(IMAGE_SIZE, split="test")
 with torch.no_grad():
-    _mean, _logvar = trained.encode(test_images)
-    _error = F.mse_loss(trained.decode(_mean), test_images).item()
+    _mean, _logvar = trained.encode(_held_out)
+    _error = F.mse_loss(trained.decode(_mean), _held_out).item()
 print(f"held-out reconstruction error: {_error:.4f} (threshold {RECONSTRUCTION_THRESHOLD})")
 assert _error < RECONSTRUCTION_THRESHOLD, f"reconstruction error {_error:.4f} is not below {RECONSTRUCTION_THRESHOLD}"
 ### BEGIN HIDDEN TESTS
-assert _mean.shape == (len(test_images), LATENT_DIM), "the latent must have LATENT_DIM numbers"
+assert _mean.shape == (len(_held_out), LATENT_DIM), "the latent must have LATENT_DIM numbers"
 with torch.no_grad():
-    _independent = ((trained.decode(trained.encode(test_images)[0]) - test_images) ** 2).mean().item()
+    _independent = ((trained.decode(trained.encode(_held_out)[0]) - _held_out) ** 2).mean().item()
 assert abs(_independent - _error) < 1e-5 and _independent < RECONSTRUCTION_THRESHOLD
 ### END HIDDEN TESTS
 '''
