@@ -63,7 +63,7 @@ def main() -> int:
     print(f"(torch threads: {torch.get_num_threads()}, {len(config.held_out_pairs)} held-out pairs, "
           f"{args.seeds_per_prompt} seeds per prompt, guidance {config.guidance_scale})")
     if args.guidance_scales:
-        pipe.scheduler = samplers[2][2]  # DDIM
+        pipe.scheduler = next(scheduler for name, steps, scheduler in samplers if (name, steps) == ("DDIM", 25))
         print(f"\n{'guidance':>8s} {'seen acc':>9s} {'colour':>7s} {'shape':>7s} {'held-out':>9s} {'FID-like':>9s}")
         for scale in args.guidance_scales:
             quality, _ = evaluate_pipeline(pipe, evaluator, config, args.seeds_per_prompt, num_inference_steps=25,

@@ -58,9 +58,7 @@ def encode_text(text_encoder: TextEncoder, input_ids: torch.Tensor, attention_ma
     mask = attention_mask.bool()
     if text_features == "last_hidden_state":
         return hidden, mask
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    words = text_encoder.token_embedding(input_ids) + text_encoder.position_embedding(positions)  # (B, L, width)
-    words = F.layer_norm(words, (text_encoder.config.width,))
+    words = F.layer_norm(text_encoder.embed(input_ids), (text_encoder.config.width,))  # (B, L, width)
     return torch.cat([hidden, words], dim=1), torch.cat([mask, mask], dim=1)  # (B, 2L, width), (B, 2L)
 
 

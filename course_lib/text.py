@@ -320,9 +320,8 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TextEncoderOutput:
         """input_ids (B, L) long with one <eos> per row; attention_mask (B, L) of 0/1 (None: no padding)."""
         attention_mask = self._check_inputs(input_ids, attention_mask)
-        batch, length = input_ids.shape
-        positions = torch.arange(length, device=input_ids.device)
-        x = self.token_embedding(input_ids) + self.position_embedding(positions)  # (B, L, width)
+        batch = input_ids.shape[0]
+        x = self.embed(input_ids)  # (B, L, width)
         mask = causal_padding_mask(attention_mask)  # (B, 1, L, L)
         for block in self.blocks:
             x = block(x, mask)
@@ -330,6 +329,11 @@ class TextEncoder(nn.Module):
         eos_index = (input_ids == self.config.eos_token_id).int().argmax(dim=1)  # first <eos> of each row
         pooled = x[torch.arange(batch, device=x.device), eos_index]  # (B, width)
         return TextEncoderOutput(last_hidden_state=x, pooled=pooled)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Context-free token features: token + position embedding, (B, L) -> (B, L, width)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.token_embedding(input_ids) + self.position_embedding(positions)
 
     def _check_inputs(self, input_ids, attention_mask) -> torch.Tensor:
         check_tensor("input_ids", input_ids, ndim=2)
