@@ -8,6 +8,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import torch  # noqa: E402
 
-# The suite's models are tiny: a second intra-op thread buys little and, when the machine is busy, makes
-# timings erratic (OpenMP threads waiting on each other). Subprocess-based tests set their own.
-torch.set_num_threads(1)
+# Intra-op threads: tests/_numerics.py (TEST_THREADS, 1 unless COURSE_TEST_THREADS says otherwise). Module
+# fixtures that pin threads use the same number; subprocess-based tests set their own.
+from _numerics import TEST_THREADS  # noqa: E402
+
+torch.set_num_threads(TEST_THREADS)

@@ -14,6 +14,7 @@ from course_lib.sd import (DEFAULT_MODEL_ID, DEFAULT_REVISION, LORA_WEIGHT_NAME,
 from course_lib.sd.components import SDComponents
 from course_lib.sd.lora_training import _unscale_or_skip, sample_indices
 from course_lib.sd.tiny import TOY_WORDS, _apply_merges, _byte_symbols, _word_symbols
+from _numerics import TEST_THREADS  # tests/_numerics.py
 
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -22,7 +23,7 @@ ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 def _one_thread():
     # tiny models gain nothing from threads, and on a shared 2-core machine OpenMP spin-waits make them ~100x slower
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(threads)
 

@@ -24,6 +24,7 @@ from course_lib.sd import (LORA_WEIGHT_NAME, LoRATrainingConfig, build_tiny_sd, 
 from course_lib.sd.launch import build_parser, main, parse_config
 from course_lib.sd.lora_accelerate import _dataloader, _ProcessGenerators, train_lora_accelerate
 from course_lib.sd.lora_training import sample_indices
+from _numerics import TEST_THREADS  # tests/_numerics.py
 
 PAIRS = [("red", "circle"), ("blue", "square"), ("green", "triangle")]
 
@@ -31,7 +32,7 @@ PAIRS = [("red", "circle"), ("blue", "square"), ("green", "triangle")]
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(threads)
 

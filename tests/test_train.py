@@ -19,6 +19,7 @@ from torch import nn
 
 from course_lib.train import (EMA, TrainHistory, TrainingDivergedError, cosine_schedule_with_warmup,
                               latest_checkpoint, load_checkpoint, save_checkpoint, train_loop)
+from _numerics import TEST_THREADS  # tests/_numerics.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def one_thread():
     """Tiny tensors: one thread is faster on a busy shared CPU, and matches the kill test's subprocess."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(previous)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from course_lib.unet import UNet, UNetConfig, average_cross_attention, timestep_embedding
+from _numerics import TEST_THREADS  # tests/_numerics.py
 
 ATOL = 1e-4
 
@@ -14,7 +15,7 @@ ATOL = 1e-4
 def _one_thread():
     """Tiny tensors: one thread avoids OpenMP start-up and spinning costs on a shared 2-core machine."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(before)
 

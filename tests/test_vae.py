@@ -9,6 +9,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from course_lib.vae import (VAE, DiagonalGaussian, VAEConfig, VAELoss, VAEOutput, estimate_scale_factor,
                             kl_divergence, vae_loss)
+from _numerics import TEST_THREADS  # tests/_numerics.py
 
 
 def _gaussian_params(B=3, c=4, h=5, w=6, seed=0, dtype=torch.float32):
@@ -27,7 +28,7 @@ def _images(B=2, C=3, H=32, W=32, seed=0):
 def one_thread():
     # tiny tensors: on 2 shared cores, OpenMP threads waiting on each other cost far more than they gain
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(before)
 
