@@ -5,6 +5,7 @@ name (atomic on POSIX and Windows). Readers therefore see either the old file or
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -14,10 +15,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or a new file name durable: fsync the folder that holds the name (a no-op where folders
+    cannot be opened, e.g. on Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders
+    except OSError:
         return
     try:
         os.fsync(fd)
@@ -25,21 +28,29 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Yield a temporary file name beside ``path``; when the block has written it, fsync it and ``os.replace``
+    it onto ``path``. On any error the temporary file goes and ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_folder(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    with _replacing(path) as tmp:
+        Path(tmp).write_bytes(data)
     return path
 
 
@@ -51,19 +62,8 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Te
                             metadata: dict[str, str] | None = None) -> Path:
     """Save a flat dict of tensors as safetensors, atomically (tensors are made contiguous CPU copies)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _replacing(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
     return path
 
 
