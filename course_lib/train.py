@@ -33,7 +33,8 @@ from course_lib._checks import check_float, check_int
 from course_lib.checkpoint import (check_folder, check_modules, check_training_state, latest_checkpoint,
                                    load_checkpoint, save_checkpoint)
 
-__all__ = ["TrainingDivergedError", "TrainHistory", "EMA", "cosine_schedule_with_warmup", "save_checkpoint",
+__all__ = ["TrainingDivergedError", "TrainHistory", "EMA", "warmup_factor", "cosine_schedule_with_warmup",
+           "constant_schedule_with_warmup", "save_checkpoint",
            "latest_checkpoint", "load_checkpoint", "train_loop"]
 
 
@@ -139,25 +140,42 @@ class EMA:
 
 # ------------------------------------------------------------------------------------------- lr schedule
 
-def cosine_schedule_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
-    """Linear warmup from 0 to the optimizer's lr over ``warmup_steps``, then a half cosine down to 0 at
-    ``total_steps``: update s uses lr0 * s / W while s < W.
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The one warm-up rule of the course: update ``step`` (0-based) uses lr0 * step / W while step < W, then lr0.
 
-    The warm-up starts at 0, not at lr0 / W, so that the numbers are those of diffusers' and transformers'
-    ``get_cosine_schedule_with_warmup``, which students meet in every diffusers training script.
+    It starts at 0, not at lr0 / W, so that the numbers are those of diffusers' and transformers'
+    ``get_*_schedule_with_warmup``, which students meet in every diffusers training script.
     """
+    return step / warmup_steps if step < warmup_steps else 1.0
+
+
+def _check_schedule_args(optimizer, warmup_steps: int, total_steps: int | None) -> None:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    check_int("total_steps", total_steps, minimum=1)
+    if total_steps is not None:
+        check_int("total_steps", total_steps, minimum=1)
     check_int("warmup_steps", warmup_steps, minimum=0, maximum=total_steps)
+
+
+def cosine_schedule_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """``warmup_factor``'s linear warm-up from 0 to the optimizer's lr over ``warmup_steps``, then a half cosine
+    down to 0 at ``total_steps`` (diffusers' ``get_cosine_schedule_with_warmup``)."""
+    _check_schedule_args(optimizer, warmup_steps, total_steps)
 
     def lr_factor(step: int) -> float:
         if step < warmup_steps:
-            return step / warmup_steps
+            return warmup_factor(step, warmup_steps)
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     return LambdaLR(optimizer, lr_factor)
+
+
+def constant_schedule_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
+    """``warmup_factor``'s linear warm-up over ``warmup_steps``, then the optimizer's lr for good (diffusers'
+    ``get_constant_schedule_with_warmup``)."""
+    _check_schedule_args(optimizer, warmup_steps, None)
+    return LambdaLR(optimizer, lambda step: warmup_factor(step, warmup_steps))
 
 
 # --------------------------------------------------------------------------------------------- the loop

@@ -22,7 +22,7 @@ from course_lib._io import load_safetensors
 from course_lib.sd import (LORA_WEIGHT_NAME, LoRATrainingConfig, build_tiny_sd, encode_images, encode_prompts,
                            load_pipeline, load_sd_components, noise_prediction_loss, train_lora)
 from course_lib.sd.launch import build_parser, main, parse_config
-from course_lib.sd.lora_accelerate import _dataloader, _ProcessGenerators, train_lora_accelerate
+from course_lib.sd.lora_accelerate import _ProcessGenerators, train_lora_accelerate
 from course_lib.sd.lora_training import sample_indices
 from _numerics import TEST_THREADS  # tests/_numerics.py
 
@@ -156,11 +156,11 @@ def _data_parallel_reference(config: LoRATrainingConfig, tiny_folder, num_proces
 
     from course_lib.lora import lora_layers
     from course_lib.sd import precision_for
-    from course_lib.sd.lora_training import (_collate, _load_dataset, _make_optimizer, _prepare_models,
-                                             _training_inputs)
-    components, dataset = load_sd_components(tiny_folder), _load_dataset(config)
-    params = _prepare_models(components, config, precision_for("cpu", "no"))
-    optimizer, _ = _make_optimizer(config, params)  # constant learning rate
+    from course_lib.sd.lora_training import (collate, load_training_dataset, make_optimizer, prepare_models,
+                                             training_inputs)
+    components, dataset = load_sd_components(tiny_folder), load_training_dataset(config)
+    params = prepare_models(components, config, precision_for("cpu", "no"))
+    optimizer, _ = make_optimizer(config, params)  # constant learning rate
     scheduler = DDPMScheduler.from_config(components.scheduler.config)
     generators = [torch.Generator().manual_seed(config.seed + p) for p in range(num_processes)]
     stream = LoRATrainingConfig(**{**config.to_dict(), "gradient_accumulation_steps": 1})
@@ -170,8 +170,8 @@ def _data_parallel_reference(config: LoRATrainingConfig, tiny_folder, num_proces
         for micro in range(accumulation):
             for p in range(num_processes):
                 k = (step * accumulation + micro) * num_processes + p
-                batch = _collate([dataset[i] for i in sample_indices(k, 0, stream, len(dataset))])
-                inputs = _training_inputs(components, batch, generators[p], 1000)
+                batch = collate([dataset[i] for i in sample_indices(k, 0, stream, len(dataset))])
+                inputs = training_inputs(components, batch, generators[p], 1000)
                 loss = noise_prediction_loss(components.unet, scheduler, *inputs)
                 (loss / (accumulation * num_processes)).backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -215,26 +215,25 @@ def test_two_cpu_processes_average_gradients_and_checkpoint_both_generators(tiny
             assert not caught and not any(torch.equal(state, s) for s in (*states, untouched))
 
 
-def test_micro_batches_are_dealt_to_processes_in_turn(tmp_path):
-    """With N processes, process p's j-th micro-batch is micro-batch j N + p of train_lora's stream: one update
-    sees train_batch_size x N x gradient_accumulation_steps images (the effective batch)."""
+def test_micro_batches_are_dealt_to_processes_in_turn():
+    """With N processes, process p's j-th micro-batch is micro-batch j N + p of train_lora's stream, as
+    accelerate's own data loader would deal it: one update sees train_batch_size x N x
+    gradient_accumulation_steps images (the effective batch)."""
     from accelerate.data_loader import prepare_data_loader
-    dataset = [{"image": torch.full((3, 2, 2), float(i)), "caption": str(i)} for i in range(5)]
+    num_samples, num_processes = 5, 2
     config = LoRATrainingConfig(dataset="d", output_dir="o", train_batch_size=2, gradient_accumulation_steps=3,
                                 max_train_steps=4, seed=11)
-    num_processes = 2
     stream = LoRATrainingConfig(**{**config.to_dict(), "gradient_accumulation_steps": 1})  # one micro-batch a step
-    for start in (0, 3):  # a fresh run and a run resumed after 3 updates
-        for process in range(num_processes):
-            loader = prepare_data_loader(_dataloader(dataset, config, start, num_processes),
-                                         num_processes=num_processes, process_index=process, put_on_device=False)
-            got = [[int(c) for c in batch["caption"]] for batch in loader]
-            first = start * config.gradient_accumulation_steps
-            expected = [sample_indices((first + j) * num_processes + process, 0, stream, len(dataset))
-                        for j in range((config.max_train_steps - start) * config.gradient_accumulation_steps)]
-            assert got == expected
-            assert all(torch.equal(batch["image"][:, 0, 0, 0], torch.tensor([float(c) for c in batch["caption"]]))
-                       for batch in loader)
+    accumulation = config.gradient_accumulation_steps
+    num_micro = config.max_train_steps * accumulation * num_processes
+    positions = [i for m in range(num_micro) for i in sample_indices(m, 0, stream, num_samples)]
+    for process in range(num_processes):
+        loader = prepare_data_loader(torch.utils.data.DataLoader(positions, batch_size=config.train_batch_size),
+                                     num_processes=num_processes, process_index=process, put_on_device=False)
+        dealt = [batch.tolist() for batch in loader]
+        ours = [sample_indices(step, micro, config, num_samples, process, num_processes)
+                for step in range(config.max_train_steps) for micro in range(accumulation)]
+        assert dealt == ours and len(ours) == num_micro // num_processes
 
 
 def test_command_line_options_are_the_config_fields(tmp_path):

@@ -70,7 +70,7 @@ def generate(pipe, prompts: str | Sequence[str], seeds: int | Sequence[int], lor
     return images.detach().float().cpu() * 2 - 1
 
 
-def _column_labels(prompts: list[str], seeds: list[int], width: int, height: int) -> list[str]:
+def column_labels(prompts: list[str], seeds: list[int], width: int, height: int) -> list[str]:
     """"<prompt> (seed s)" wrapped to the width of one tile of the saved grid, so neighbours never overlap.
 
     ``course_lib.viz.save_image_grid`` shows tiles at least ~96 px tall, so a tile is at least
@@ -95,5 +95,5 @@ def before_after_grid(pipe, prompts: str | Sequence[str], seeds: int | Sequence[
         height, width = images.shape[-2:]
         save_image_grid(images, path, nrow=len(prompts),
                         row_labels=["before (LoRA scale 0)", f"after (LoRA scale {lora_scale:g})"],
-                        col_labels=_column_labels(prompts, seeds, width, height))
+                        col_labels=column_labels(prompts, seeds, width, height))
     return images

@@ -13,54 +13,31 @@ Glossary:
     accumulation     gradients of ``gradient_accumulation_steps`` micro-batches are summed before the update;
                      ``accelerator.accumulate`` skips DDP's all-reduce on all but the last of them
 
-The pieces are ``train_lora``'s (``lora_training.py``): the same LoRA injection, optimizer, loss, data order,
-checkpoint folders and LoRA file. The data stream is the one of ``sample_indices``: micro-batch k of that
-stream goes to process k mod N. Process i draws its noise from a generator seeded with ``seed + i``. With one
-process in fp32 the run is therefore the same computation as ``train_lora``'s, and gives the same weights.
+The loop is ``train_lora``'s: ``course_lib.train.train_loop`` with the pieces of ``lora_training.py`` (LoRA
+injection, optimizer, step function, loss, data order, checkpoint folders, LoRA file). What differs lives here:
+the ``Accelerator``, the noise generator of each process (process i's is seeded with ``seed + i``), and
+checkpoints gathered from all processes and written by the main one. The data stream is the one of
+``sample_indices``: micro-batch k of that stream goes to process k mod N. With one process in fp32 the run is
+therefore the same computation as ``train_lora``'s, and gives the same weights and the same checkpoints.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from course_lib._io import atomic_write_json, load_safetensors
 from course_lib.sd.components import SDComponents, load_sd_components
 from course_lib.sd.lora_config import LoRATrainingConfig
-from course_lib.sd.lora_training import (LORA_WEIGHT_NAME, LoRATrainingResult, _collate, _copy_checkpoints,
-                                         _dataset_index, _GradScalerState, _load_dataset, _LoRAState,
-                                         _make_optimizer, _make_validation, _prepare_models, _resume_checkpoint,
-                                         _training_inputs, noise_prediction_loss)
+from course_lib.sd.lora_training import (LORA_WEIGHT_NAME, LoRATrainingResult, check_run_args, checkpoint_fn,
+                                         finish, load_training_dataset, make_callback, make_step_fn,
+                                         prepare_training, resume_checkpoint)
 from course_lib.sd.precision import pick_precision, precision_for
 
 __all__ = ["train_lora_accelerate"]
 
 GENERATORS = "generators"  # checkpoint file of the other processes' noise generators (more than one process)
-
-
-class _StreamSampler(torch.utils.data.Sampler):
-    """Dataset indices of positions ``first, ..., last - 1`` of ``train_lora``'s shuffled stream."""
-
-    def __init__(self, seed: int, num_samples: int, first: int, last: int):
-        self.seed, self.num_samples, self.first, self.last = seed, num_samples, first, last
-
-    def __len__(self) -> int:
-        return self.last - self.first
-
-    def __iter__(self):
-        return (_dataset_index(position, self.seed, self.num_samples) for position in range(self.first, self.last))
-
-
-def _dataloader(dataset, config: LoRATrainingConfig, start: int, num_processes: int):
-    """Micro-batches for updates ``start, ..., max_train_steps - 1`` of all processes, in stream order;
-    ``accelerator.prepare`` then hands micro-batch k to process k mod num_processes."""
-    per_update = config.train_batch_size * config.gradient_accumulation_steps * num_processes  # B_eff
-    sampler = _StreamSampler(config.seed, len(dataset), start * per_update, config.max_train_steps * per_update)
-    return torch.utils.data.DataLoader(dataset, batch_size=config.train_batch_size, sampler=sampler,
-                                       collate_fn=_collate)
 
 
 class _ProcessGenerators:
@@ -110,63 +87,37 @@ def _make_accelerator(config: LoRATrainingConfig):
     cpu = config.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")  # set by `accelerate launch --cpu`
     device = PartialState(cpu=cpu).device  # this process's GPU under `accelerate launch`, else the CPU
     mixed = pick_precision(device).mixed_precision if config.mixed_precision == "auto" else config.mixed_precision
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed,
-                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed)  # accumulation is make_step_fn's (no_sync)
     return accelerator, precision_for(accelerator.device, mixed)
 
 
-def _resume(config: LoRATrainingConfig, modules, optimizer, lr_scheduler, generators: _ProcessGenerators):
-    """(start step, loss history, checkpoint) after restoring the newest checkpoint, if resume="latest"."""
-    from course_lib.train import load_checkpoint
-    checkpoint = _resume_checkpoint(config)
-    if checkpoint is None:
-        return 0, [], None
-    state = load_checkpoint(checkpoint, modules, optimizer, lr_scheduler, generators.generator)
-    if state["step"] > config.max_train_steps:
-        raise ValueError(f"max_train_steps must be >= the resumed checkpoint's step {state['step']}, "
-                         f"got {config.max_train_steps}")
-    generators.restore(checkpoint, config.seed, state["step"])
-    return state["step"], list(state["extra"].get("loss_history", [])), checkpoint
+def _checkpoint_fn(accelerator, config: LoRATrainingConfig, generators: _ProcessGenerators):
+    """train_loop's checkpoint_fn: all processes gather the generators, the main one writes (and copies) the
+    checkpoint, the others return None. One process writes exactly ``train_lora``'s format."""
+    save = checkpoint_fn(config)
+
+    def save_on_main(folder, step, modules, *args, **kwargs):
+        if accelerator.num_processes > 1:
+            generators.gather()
+            modules = {**modules, GENERATORS: generators}
+        path = save(folder, step, modules, *args, **kwargs) if accelerator.is_main_process else None
+        accelerator.wait_for_everyone()
+        return path
+
+    return save_on_main
 
 
-def _save_checkpoint(accelerator, config, step: int, modules, optimizer, lr_scheduler, generators, losses):
-    """All processes gather the generators; the main process writes ``checkpoint-{step:08d}`` (and its copy)."""
-    from course_lib.train import save_checkpoint
-    multi = accelerator.num_processes > 1
-    if multi:
-        generators.gather()
-    path = None
-    if accelerator.is_main_process:
-        saved = {**modules, GENERATORS: generators} if multi else modules  # 1 process: train_lora's format
-        path = save_checkpoint(config.checkpoint_folder, step, saved, optimizer, lr_scheduler, generators.generator,
-                               extra={"loss_history": losses}, keep_last=config.keep_last)
-        if config.copy_checkpoints_to:
-            _copy_checkpoints(config.checkpoint_folder, Path(config.copy_checkpoints_to), config.keep_last)
-    accelerator.wait_for_everyone()
-    return path
+def _restoring_generators(step_fn, generators: _ProcessGenerators, checkpoint: Path | None, seed: int):
+    """step_fn that first gives each process its own generator row of ``checkpoint``: train_loop's resume
+    restores only process 0's generator (from rng.json)."""
+    pending = [checkpoint] if checkpoint is not None else []
 
+    def first_restore_then_step(step: int, generator: torch.Generator) -> torch.Tensor:
+        if pending:
+            generators.restore(pending.pop(), seed, step)
+        return step_fn(step, generator)
 
-def _accumulate_gradients(accelerator, unet, batches, components: SDComponents, noise_scheduler,
-                          generator: torch.Generator, config: LoRATrainingConfig) -> torch.Tensor:
-    """Forward and backward of this process's ``gradient_accumulation_steps`` micro-batches of one update;
-    returns their mean loss. On the last one, DDP averages the summed gradients over all processes."""
-    accumulation = config.gradient_accumulation_steps
-    total = torch.zeros((), device=accelerator.device)
-    for _ in range(accumulation):
-        batch = next(batches)
-        with accelerator.accumulate(unet):  # no all-reduce of the gradients except on the last micro-batch
-            latents, context, noise, timesteps = _training_inputs(components, batch, generator,
-                                                                  noise_scheduler.config.num_train_timesteps)
-            loss = noise_prediction_loss(unet, noise_scheduler, latents, context, noise, timesteps, config.snr_gamma)
-            accelerator.backward(loss)  # backward of loss / accumulation (x the loss scale S in fp16)
-        total += loss.detach() / accumulation
-    return total
-
-
-def _diverged(step: int, value: float, checkpoint: Path | None):
-    from course_lib.train import TrainingDivergedError
-    where = f"resume from {str(checkpoint)!r} with a lower learning rate" if checkpoint else "no checkpoint yet"
-    return TrainingDivergedError(f"the loss is {value} at step {step}: training diverged ({where})", step, value)
+    return first_restore_then_step
 
 
 def train_lora_accelerate(config: LoRATrainingConfig, components: SDComponents | None = None) -> LoRATrainingResult:
@@ -176,64 +127,34 @@ def train_lora_accelerate(config: LoRATrainingConfig, components: SDComponents |
     ``pytorch_lora_weights.safetensors``. ``config.train_batch_size`` is per process. components: already
     loaded SD pieces (modified in place) or None to load ``config.pretrained_model_name_or_path``.
     """
-    from diffusers import DDPMScheduler
-
-    from course_lib.lora import save_lora
-    if not isinstance(config, LoRATrainingConfig):
-        raise ValueError(f"config must be a LoRATrainingConfig, got {type(config).__name__}")
-    if components is not None and not isinstance(components, SDComponents):
-        raise ValueError(f"components must be SDComponents (from load_sd_components) or None, "
-                         f"got {type(components).__name__}")
+    from course_lib.train import train_loop
+    check_run_args(config, components)
     accelerator, precision = _make_accelerator(config)
+    main = accelerator.is_main_process
     with accelerator.main_process_first():  # the main process downloads/caches, the others then read the cache
-        dataset = _load_dataset(config)
+        dataset = load_training_dataset(config)
         if components is None:
             components = load_sd_components(config.pretrained_model_name_or_path, config.revision,
                                             torch_dtype=precision.weight_dtype, cache_dir=config.cache_dir)
-    params = _prepare_models(components, config, precision)
-    # not passed to accelerator.prepare, which would step it once per process at every update: ours counts updates
-    optimizer, lr_scheduler = _make_optimizer(config, params)
-    noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
+    scaler = accelerator.scaler if accelerator.scaler is not None else precision.grad_scaler()  # fp16: accelerate's
+    optimizer, lr_scheduler, noise_scheduler, modules = prepare_training(components, config, precision, scaler)
+    unet = accelerator.prepare(components.unet)  # DistributedDataParallel with more than one process
     generators = _ProcessGenerators(accelerator, torch.Generator().manual_seed(config.seed + accelerator.process_index))
-    modules = {"lora": _LoRAState(components.unet)}
-    if accelerator.scaler is not None:  # fp16
-        modules["grad_scaler"] = _GradScalerState(accelerator.scaler)
-    start, losses, checkpoint = _resume(config, modules, optimizer, lr_scheduler, generators)
-    result = LoRATrainingResult(lora_path=Path(config.output_dir) / LORA_WEIGHT_NAME, losses=losses,
-                                resumed_from=start if checkpoint else None, checkpoint=checkpoint)
-    if accelerator.is_main_process:
-        atomic_write_json(Path(config.output_dir) / "training_config.json", config.to_dict())
-    validate = _make_validation(components, config, result) if accelerator.is_main_process else None
-
-    unet, optimizer, dataloader = accelerator.prepare(
-        components.unet, optimizer, _dataloader(dataset, config, start, accelerator.num_processes))
-    batches = iter(dataloader)
-    quiet = {} if accelerator.is_local_main_process else {"disable": True}  # one progress bar per machine
-    bar = tqdm(total=config.max_train_steps, initial=start, desc="LoRA", **quiet)
-    for step in range(start, config.max_train_steps):
-        loss = _accumulate_gradients(accelerator, unet, batches, components, noise_scheduler, generators.generator,
-                                     config)
-        value = accelerator.reduce(loss, "mean").item()  # the update's mean loss over all processes
-        if not math.isfinite(value):
-            raise _diverged(step, value, result.checkpoint)
-        if config.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)  # unscales fp16 gradients first
-        optimizer.step()
-        if lr_scheduler is not None:
-            lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.losses.append(value)
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4g}")
-        done = step + 1
-        if validate is not None:
-            validate(done)
-        if done % config.checkpoint_every == 0 or done == config.max_train_steps:
-            result.checkpoint = _save_checkpoint(accelerator, config, done, modules, optimizer.optimizer,
-                                                 lr_scheduler, generators, result.losses) or result.checkpoint
-    bar.close()
-    if accelerator.is_main_process:
-        components.unet.eval()
-        save_lora(accelerator.unwrap_model(unet), result.lora_path, prefix="unet")
+    output_dir = Path(config.output_dir)
+    if main:
+        atomic_write_json(output_dir / "training_config.json", config.to_dict())
+    result = LoRATrainingResult(lora_path=output_dir / LORA_WEIGHT_NAME, losses=[], resumed_from=None,
+                                checkpoint=None)
+    checkpoint = resume_checkpoint(config)
+    step_fn = make_step_fn(components, dataset, config, precision, noise_scheduler, scaler, optimizer,
+                           accelerator=accelerator, unet=unet)
+    history = train_loop(
+        _restoring_generators(step_fn, generators, checkpoint, config.seed), config.max_train_steps,
+        modules=modules, optimizer=optimizer, lr_scheduler=lr_scheduler, generator=generators.generator,
+        checkpoint_dir=config.checkpoint_folder, checkpoint_every=config.checkpoint_every, resume=checkpoint,
+        max_grad_norm=config.max_grad_norm, desc="LoRA", keep_last=config.keep_last,
+        callback=make_callback(components, config, result) if main else None,
+        checkpoint_fn=_checkpoint_fn(accelerator, config, generators), progress=accelerator.is_local_main_process)
+    finish(components, result, history, write_lora=main)
     accelerator.wait_for_everyone()
     return result

@@ -20,13 +20,14 @@ images of update s are a pure function of (seed, s) (``sample_indices``), and th
 a generator that every checkpoint stores, so a run killed and resumed with ``resume="latest"`` ends with the
 same LoRA weights, bit for bit on CPU. The loop itself (backward, clipping, checkpoints, NaN stop, progress
 bar) is ``course_lib.train.train_loop``.
+
+The pieces below are public so that ``lora_accelerate.train_lora_accelerate`` (N processes with ``accelerate``)
+runs the very same loop with them: ``prepare_training``, ``make_step_fn``, ``make_callback``, ``checkpoint_fn``,
+``resume_checkpoint``, ``finish``.
 """
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import tempfile
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,14 +35,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from course_lib._checks import check_choice, check_float
+from course_lib._checks import check_choice, check_int
 from course_lib._io import atomic_write_json
+from course_lib.checkpoint import checkpoint_step, copy_checkpoints, latest_checkpoint, save_checkpoint
+from course_lib.snr import min_snr_weights
 from course_lib.sd.components import SDComponents, load_sd_components
 from course_lib.sd.lora_config import LoRATrainingConfig
 from course_lib.sd.precision import Precision, pick_precision, precision_for
 
 __all__ = ["LoRATrainingConfig", "LoRATrainingResult", "LORA_WEIGHT_NAME", "encode_images", "encode_prompts",
-           "min_snr_weights", "noise_prediction_loss", "sample_indices", "train_lora"]
+           "min_snr_weights", "noise_prediction_loss", "sample_indices", "collate", "training_inputs",
+           "load_training_dataset", "check_run_args", "LoRAState", "GradScalerState", "prepare_models",
+           "make_optimizer", "prepare_training", "make_step_fn", "make_callback", "checkpoint_fn",
+           "resume_checkpoint", "finish", "train_lora"]
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name diffusers' load_lora_weights looks for
 
@@ -64,17 +70,6 @@ def encode_images(components: SDComponents, images: torch.Tensor, generator: tor
     vae = components.vae
     posterior = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
     return posterior.sample(generator=generator) * vae.config.scaling_factor  # (B, 4, H/8, W/8)
-
-
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, snr_gamma: float,
-                    prediction_type: str = "epsilon") -> torch.Tensor:
-    """Per-sample Min-SNR weights: min(SNR(t), gamma) / SNR(t) (epsilon) or / (SNR(t) + 1) (v_prediction)."""
-    check_float("snr_gamma", snr_gamma, minimum=0.0, min_inclusive=False)
-    check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
-    abar = alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = abar / (1 - abar)
-    clipped = snr.clamp(max=snr_gamma)
-    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
 
 
 def noise_prediction_loss(unet, noise_scheduler, latents: torch.Tensor, context: torch.Tensor,
@@ -100,21 +95,29 @@ def _dataset_index(position: int, seed: int, num_samples: int) -> int:
     return int(np.random.default_rng((seed, epoch)).permutation(num_samples)[offset])
 
 
-def sample_indices(step: int, micro_batch: int, config: LoRATrainingConfig, num_samples: int) -> list[int]:
-    """Dataset indices of micro-batch ``micro_batch`` of update ``step``: positions ``train_batch_size`` at a time
-    in the stream of ``_dataset_index``, so the answer depends on nothing but these arguments."""
-    first = (step * config.gradient_accumulation_steps + micro_batch) * config.train_batch_size
+def sample_indices(step: int, micro_batch: int, config: LoRATrainingConfig, num_samples: int,
+                   process_index: int = 0, num_processes: int = 1) -> list[int]:
+    """Dataset indices of micro-batch ``micro_batch`` of update ``step`` on process ``process_index``.
+
+    The stream of ``_dataset_index`` is cut into micro-batches of ``train_batch_size`` positions, dealt to the
+    processes in turn: update s, micro-batch k, process p reads micro-batch (s A + k) N + p (A =
+    gradient_accumulation_steps, N = num_processes). The answer depends on nothing but these arguments.
+    """
+    check_int("num_processes", num_processes, minimum=1)
+    check_int("process_index", process_index, minimum=0, maximum=num_processes - 1)
+    first = ((step * config.gradient_accumulation_steps + micro_batch) * num_processes + process_index) \
+        * config.train_batch_size
     return [_dataset_index(position, config.seed, num_samples)
             for position in range(first, first + config.train_batch_size)]
 
 
-def _collate(items: list[dict]) -> dict:
+def collate(items: list[dict]) -> dict:
     """Dataset items -> one micro-batch: {"image": (B, 3, H, W), "caption": list of B strings}."""
     return {"image": torch.stack([item["image"] for item in items]), "caption": [item["caption"] for item in items]}
 
 
-def _training_inputs(components: SDComponents, batch: dict, generator: torch.Generator, num_train_timesteps: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_inputs(components: SDComponents, batch: dict, generator: torch.Generator, num_train_timesteps: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z_0, c, eps, t) of one micro-batch. z_0's posterior sample, eps and t come from ``generator``, in this
     order, so a run that replays the generator replays the noise."""
     latents = encode_images(components, batch["image"], generator)                # z_0 (B, 4, H/8, W/8)
@@ -124,7 +127,7 @@ def _training_inputs(components: SDComponents, batch: dict, generator: torch.Gen
     return latents, context, noise, timesteps
 
 
-def _load_dataset(config: LoRATrainingConfig):
+def load_training_dataset(config: LoRATrainingConfig):
     """The image/caption dataset of ``config`` (``course_lib.data.load_image_dataset``), images at ``resolution``."""
     from course_lib.data import load_image_dataset
     return load_image_dataset(config.dataset, split=config.dataset_split, image_size=config.resolution,
@@ -132,7 +135,7 @@ def _load_dataset(config: LoRATrainingConfig):
                               cache_dir=config.cache_dir)
 
 
-# ------------------------------------------------------------------------------------------- the run
+# ------------------------------------------------------------------------------ what the loop trains
 
 @dataclass
 class LoRATrainingResult:
@@ -143,7 +146,16 @@ class LoRATrainingResult:
     validation_images: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> (N, 3, H, W) in [-1, 1]
 
 
-class _LoRAState:
+def check_run_args(config, components) -> None:
+    """train_lora's and train_lora_accelerate's common arguments: a LoRATrainingConfig, SDComponents or None."""
+    if not isinstance(config, LoRATrainingConfig):
+        raise ValueError(f"config must be a LoRATrainingConfig, got {type(config).__name__}")
+    if components is not None and not isinstance(components, SDComponents):
+        raise ValueError(f"components must be SDComponents (from load_sd_components) or None, "
+                         f"got {type(components).__name__}")
+
+
+class LoRAState:
     """The LoRA matrices of a UNet as a checkpointable "module": a few MB instead of the UNet's 3.4 GB."""
 
     def __init__(self, unet):
@@ -163,8 +175,8 @@ class _LoRAState:
             value.copy_(state_dict[key])
 
 
-class _GradScalerState:
-    """GradScaler's numbers (scale, growth tracker, ...) as tensors, so train.py can checkpoint them."""
+class GradScalerState:
+    """GradScaler's numbers (scale, growth tracker, ...) as tensors, so a checkpoint can hold them."""
 
     def __init__(self, scaler: torch.amp.GradScaler):
         self.scaler = scaler
@@ -177,8 +189,9 @@ class _GradScalerState:
         self.scaler.load_state_dict({k: int(v) if k in ints else float(v) for k, v in state_dict.items()})
 
 
-def _prepare_models(components: SDComponents, config: LoRATrainingConfig, precision: Precision) -> list:
-    """Freeze everything, move it to the device in the frozen dtype, add fp32 LoRA adapters to the UNet."""
+def prepare_models(components: SDComponents, config: LoRATrainingConfig, precision: Precision) -> list:
+    """Freeze everything, move it to the device in the frozen dtype, add fp32 LoRA adapters to the UNet.
+    Returns the LoRA parameters, the only ones that train."""
     from course_lib.lora import LoRAConfig, inject_lora, lora_layers, lora_parameters
     unet = components.unet
     for model in (components.vae, components.text_encoder, unet):
@@ -199,8 +212,9 @@ def _prepare_models(components: SDComponents, config: LoRATrainingConfig, precis
     return lora_parameters(unet)
 
 
-def _make_optimizer(config: LoRATrainingConfig, params: list):
-    from course_lib.train import cosine_schedule_with_warmup
+def make_optimizer(config: LoRATrainingConfig, params: list):
+    """(AdamW, or 8-bit AdamW, over ``params``; its lr schedule or None)."""
+    from course_lib.train import constant_schedule_with_warmup, cosine_schedule_with_warmup
     if config.use_8bit_adam:
         import bitsandbytes
         optimizer_cls = bitsandbytes.optim.AdamW8bit  # Adam's two moments in 8 bits: ~75% less optimizer memory
@@ -210,10 +224,25 @@ def _make_optimizer(config: LoRATrainingConfig, params: list):
     if config.lr_scheduler == "cosine":
         return optimizer, cosine_schedule_with_warmup(optimizer, config.lr_warmup_steps, config.max_train_steps)
     if config.lr_warmup_steps:
-        warmup = config.lr_warmup_steps
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, step / warmup))
+        return optimizer, constant_schedule_with_warmup(optimizer, config.lr_warmup_steps)
     return optimizer, None
 
+
+def prepare_training(components: SDComponents, config: LoRATrainingConfig, precision: Precision,
+                     scaler: torch.amp.GradScaler) -> tuple:
+    """Everything ``train_loop`` needs besides the step function:
+    (optimizer, lr_scheduler, noise_scheduler, modules), modules being what each checkpoint holds."""
+    from diffusers import DDPMScheduler
+    params = prepare_models(components, config, precision)
+    optimizer, lr_scheduler = make_optimizer(config, params)
+    noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)  # same betas as SD's scheduler
+    modules = {"lora": LoRAState(components.unet)}
+    if scaler.is_enabled():
+        modules["grad_scaler"] = GradScalerState(scaler)
+    return optimizer, lr_scheduler, noise_scheduler, modules
+
+
+# ---------------------------------------------------------------------------------- one update
 
 def _unscale_or_skip(scaler: torch.amp.GradScaler, optimizer, params: list) -> None:
     """fp16: divide the gradients by the loss scale S; after an overflow drop them, so the update is skipped."""
@@ -225,23 +254,36 @@ def _unscale_or_skip(scaler: torch.amp.GradScaler, optimizer, params: list) -> N
             p.grad = None  # clipping sees no gradient and AdamW leaves parameters without one untouched
 
 
-def _make_step_fn(components, dataset, config, precision, noise_scheduler, scaler, optimizer, params):
-    """step_fn(step, generator) for ``train_loop``: gradients of one update, returns the mean loss."""
-    device, accumulation = precision.device, config.gradient_accumulation_steps
+def make_step_fn(components: SDComponents, dataset, config: LoRATrainingConfig, precision: Precision,
+                 noise_scheduler, scaler: torch.amp.GradScaler, optimizer, accelerator=None, unet=None):
+    """step_fn(step, generator) for ``train_loop``: the gradients of one update; returns its mean loss.
+
+    With an ``accelerate.Accelerator`` (and ``unet``, the UNet ``accelerator.prepare`` returned), this process
+    takes its share of the micro-batches (``sample_indices``), DDP averages the gradients over the processes
+    on the last micro-batch only, and the loss returned is the mean over all processes.
+    """
+    unet = components.unet if unet is None else unet
+    index, count = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    accumulation = config.gradient_accumulation_steps
     num_timesteps = noise_scheduler.config.num_train_timesteps
 
     def step_fn(step: int, generator: torch.Generator) -> torch.Tensor:
-        total = torch.zeros((), device=device)
+        total = torch.zeros((), device=precision.device)
         for micro_batch in range(accumulation):
-            batch = _collate([dataset[i] for i in sample_indices(step, micro_batch, config, len(dataset))])
-            latents, context, noise, timesteps = _training_inputs(components, batch, generator, num_timesteps)
-            with precision.autocast():
-                loss = noise_prediction_loss(components.unet, noise_scheduler, latents, context, noise, timesteps,
-                                             config.snr_gamma)
-            scaler.scale(loss / accumulation).backward()  # gradients add up over the micro-batches
+            batch = collate([dataset[i] for i in sample_indices(step, micro_batch, config, len(dataset), index, count)])
+            latents, context, noise, timesteps = training_inputs(components, batch, generator, num_timesteps)
+            last = micro_batch == accumulation - 1
+            with contextlib.nullcontext() if accelerator is None or last else accelerator.no_sync(unet):
+                with precision.autocast():
+                    loss = noise_prediction_loss(unet, noise_scheduler, latents, context, noise, timesteps,
+                                                 config.snr_gamma)
+                scaler.scale(loss / accumulation).backward()  # gradients add up over the micro-batches
             total += loss.detach() / accumulation
         if scaler.is_enabled():
             _unscale_or_skip(scaler, optimizer, params)
+        if accelerator is not None:
+            total = accelerator.reduce(total, "mean")  # the update's mean loss over all processes
         # train_loop calls backward() on what we return; the gradients are already complete (micro-batches,
         # loss scaling), so we hand it the mean loss as a fresh leaf: its backward adds nothing.
         return total.requires_grad_()
@@ -249,60 +291,32 @@ def _make_step_fn(components, dataset, config, precision, noise_scheduler, scale
     return step_fn
 
 
-_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d{8,})")  # train.py's folder names
+# ---------------------------------------------------------------- checkpoints, validation, the result
+
+def checkpoint_fn(config: LoRATrainingConfig):
+    """``train_loop``'s checkpoint_fn: ``save_checkpoint``, then a copy to ``config.copy_checkpoints_to``."""
+    def save(folder, step, modules, *args, **kwargs):
+        path = save_checkpoint(folder, step, modules, *args, **kwargs)
+        if config.copy_checkpoints_to:
+            copy_checkpoints(folder, config.copy_checkpoints_to, config.keep_last)
+        return path
+
+    return save
 
 
-def _checkpoints(folder: Path) -> list[Path]:
-    """The checkpoint-NNNNNNNN folders in ``folder``, oldest first."""
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)), key=_step_of)
-
-
-def _step_of(checkpoint: Path) -> int:
-    return int(_CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1))
-
-
-def _resume_checkpoint(config: LoRATrainingConfig) -> Path | None:
+def resume_checkpoint(config: LoRATrainingConfig) -> Path | None:
     """resume="latest": the newest complete checkpoint in checkpoint_dir or copy_checkpoints_to."""
-    from course_lib.train import latest_checkpoint
     if config.resume is None:
         return None
     folders = [config.checkpoint_folder] + ([Path(config.copy_checkpoints_to)] if config.copy_checkpoints_to else [])
     found = [path for path in map(latest_checkpoint, folders) if path is not None]
-    return max(found, key=_step_of) if found else None
-
-
-def _move_to_trash(path: Path) -> None:
-    """Rename, then delete: a kill mid-delete leaves a hidden trash folder, never a half checkpoint."""
-    trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=path.parent))
-    os.rename(path, trash / path.name)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _copy_checkpoints(source: Path, target: Path, keep_last: int) -> None:
-    """Mirror the complete checkpoints of ``source`` into ``target`` (each copied under a temporary name, then
-    renamed), then keep only the ``keep_last`` newest there, as train_loop does in ``source``."""
-    for path in _checkpoints(source):
-        manifest, copy = path / "manifest.json", target / path.name
-        if not manifest.is_file() or ((copy / "manifest.json").is_file()
-                                      and (copy / "manifest.json").read_bytes() == manifest.read_bytes()):
-            continue  # unfinished, or already copied
-        target.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".copy-{path.name}-", dir=target))
-        shutil.copytree(path, tmp / path.name)
-        if copy.exists():  # an older copy of the same step (e.g. a run restarted without resume)
-            _move_to_trash(copy)
-        os.rename(tmp / path.name, copy)
-        shutil.rmtree(tmp)
-    for old in _checkpoints(target)[:-keep_last]:
-        _move_to_trash(old)
+    return max(found, key=checkpoint_step) if found else None
 
 
 def _make_validation(components: SDComponents, config: LoRATrainingConfig, result: LoRATrainingResult):
     """validate(done): after update number ``done``, when due, images of the validation prompts with fixed
     seeds, kept in ``result.validation_images`` and saved to ``<output_dir>/validation/step-NNNNNNNN.png``."""
-    from course_lib.sd.generation import _column_labels, generate
+    from course_lib.sd.generation import column_labels, generate
     from course_lib.viz import save_image_grid
     prompts = list(config.validation_prompts)
     seeds = [config.validation_seed + i for i in range(len(prompts))]
@@ -319,24 +333,37 @@ def _make_validation(components: SDComponents, config: LoRATrainingConfig, resul
         components.unet.train()
         result.validation_images[done] = images
         save_image_grid(images, Path(config.output_dir) / "validation" / f"step-{done:08d}.png", nrow=len(prompts),
-                        col_labels=_column_labels(prompts, seeds, config.resolution, config.resolution))
+                        col_labels=column_labels(prompts, seeds, config.resolution, config.resolution))
 
     return validate
 
 
-def _make_callback(components, config, result: LoRATrainingResult, user_callback):
-    """After every update: copy new checkpoints, make validation images when due, call the user's callback."""
+def make_callback(components: SDComponents, config: LoRATrainingConfig, result: LoRATrainingResult,
+                  user_callback=None):
+    """``train_loop``'s callback: validation images when due, then the user's callback(step, loss)."""
     validate = _make_validation(components, config, result)
 
     def callback(step: int, loss: float) -> None:
-        if config.copy_checkpoints_to:
-            _copy_checkpoints(config.checkpoint_folder, Path(config.copy_checkpoints_to), config.keep_last)
         validate(step + 1)
         if user_callback is not None:
             user_callback(step, loss)
 
     return callback
 
+
+def finish(components: SDComponents, result: LoRATrainingResult, history, write_lora: bool = True
+           ) -> LoRATrainingResult:
+    """After ``train_loop``: write the LoRA file diffusers loads (unless ``write_lora`` is False, as on all but
+    the main process of a multi-process run), and fill ``result`` from the history."""
+    from course_lib.lora import save_lora
+    components.unet.eval()
+    if write_lora:
+        save_lora(components.unet, result.lora_path, prefix="unet")
+    result.losses, result.resumed_from, result.checkpoint = history.losses, history.resumed_from, history.checkpoint
+    return result
+
+
+# ------------------------------------------------------------------------------------------- the run
 
 def train_lora(config: LoRATrainingConfig, components: SDComponents | None = None, callback=None
                ) -> LoRATrainingResult:
@@ -346,44 +373,27 @@ def train_lora(config: LoRATrainingConfig, components: SDComponents | None = Non
     UNet), or None to load ``config.pretrained_model_name_or_path`` at ``config.revision``. callback(step, loss)
     runs after every update. Load the result with ``pipe.load_lora_weights(config.output_dir)``.
     """
-    from diffusers import DDPMScheduler
-
-    from course_lib.lora import save_lora
     from course_lib.train import train_loop
-    if not isinstance(config, LoRATrainingConfig):
-        raise ValueError(f"config must be a LoRATrainingConfig, got {type(config).__name__}")
-    if components is not None and not isinstance(components, SDComponents):
-        raise ValueError(f"components must be SDComponents (from load_sd_components) or None, "
-                         f"got {type(components).__name__}")
+    check_run_args(config, components)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable as callback(step, loss) or None, got {callback!r}")
     precision = (pick_precision(config.device) if config.mixed_precision == "auto"
                  else precision_for(config.device, config.mixed_precision))
-    dataset = _load_dataset(config)
+    dataset = load_training_dataset(config)
     if components is None:  # loaded straight in the frozen dtype: half the RAM on Colab
         components = load_sd_components(config.pretrained_model_name_or_path, config.revision,
                                         torch_dtype=precision.weight_dtype, cache_dir=config.cache_dir)
-    params = _prepare_models(components, config, precision)
-    optimizer, lr_scheduler = _make_optimizer(config, params)
-    noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)  # same betas as SD's scheduler
     scaler = precision.grad_scaler()
-    modules = {"lora": _LoRAState(components.unet)}
-    if scaler.is_enabled():
-        modules["grad_scaler"] = _GradScalerState(scaler)
+    optimizer, lr_scheduler, noise_scheduler, modules = prepare_training(components, config, precision, scaler)
     output_dir = Path(config.output_dir)
     atomic_write_json(output_dir / "training_config.json", config.to_dict())
     result = LoRATrainingResult(lora_path=output_dir / LORA_WEIGHT_NAME, losses=[], resumed_from=None,
                                 checkpoint=None)
     history = train_loop(
-        _make_step_fn(components, dataset, config, precision, noise_scheduler, scaler, optimizer, params),
+        make_step_fn(components, dataset, config, precision, noise_scheduler, scaler, optimizer),
         config.max_train_steps, modules=modules, optimizer=optimizer, lr_scheduler=lr_scheduler,
         generator=torch.Generator().manual_seed(config.seed), checkpoint_dir=config.checkpoint_folder,
-        checkpoint_every=config.checkpoint_every, resume=_resume_checkpoint(config),
+        checkpoint_every=config.checkpoint_every, resume=resume_checkpoint(config),
         max_grad_norm=config.max_grad_norm, desc="LoRA", keep_last=config.keep_last,
-        callback=_make_callback(components, config, result, callback))
-    if config.copy_checkpoints_to:
-        _copy_checkpoints(config.checkpoint_folder, Path(config.copy_checkpoints_to), config.keep_last)
-    components.unet.eval()
-    save_lora(components.unet, result.lora_path, prefix="unet")
-    result.losses, result.resumed_from, result.checkpoint = history.losses, history.resumed_from, history.checkpoint
-    return result
+        callback=make_callback(components, config, result, callback), checkpoint_fn=checkpoint_fn(config))
+    return finish(components, result, history)
