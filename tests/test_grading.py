@@ -378,17 +378,20 @@ def test_collect_accepts_the_documented_layouts(toy, tmp_path):
         zf.writestr("../escape_toy.ipynb", nb)  # zip-slip attempt
         zf.writestr("download/bad id!/toy.ipynb", nb)
     report = collect(toy, zip_path)  # assignment inferred from the zip's name
-    assert report.assignment == "toy"
-    assert sorted(report.students) == ["alice", "bob", "carol"], report.summary()
+    assert report.assignment == "toy" and (report.layout, report.detected) == ("generic", True)
+    assert sorted(report.students) == ["alice", "bad-id", "bob", "carol"], report.summary()
     assert report.students["alice"] == ["toy.ipynb", "weights.txt"]
     assert report.students["bob"] == ["toy.ipynb", "weights.txt"]
     assert (toy.submission_dir("carol", "toy") / "toy.ipynb").is_file()
+    assert "made from 'bad id!'" in " ".join(report.submissions["bad-id"].notes)
     reasons = dict(report.ignored)
-    assert reasons["../escape_toy.ipynb"] == "unsafe path in zip"
-    assert reasons["download/notes.txt"].startswith("not named") and reasons["download/.DS_Store"] == "system file"
+    assert reasons["download/notes.txt"].startswith("does not fit the generic layout")
+    assert reasons["download/.DS_Store"] == "system file"
     assert reasons["download/marking_scheme.txt"] == "no notebook from a student 'marking'"
-    assert "several notebooks" in reasons["dave"] and "not a valid student id" in reasons["download/bad id!"]
-    assert not (tmp_path / "escape_toy.ipynb").exists()
+    failed = {s: sub.status for s, sub in report.submissions.items() if sub.status != "collected"}
+    assert failed == {"dave": "failed-ambiguous-notebooks", "escape": "failed-unsafe-path"}, report.summary()
+    assert "'../escape_toy.ipynb'" in report.submissions["escape"].reason
+    assert not (tmp_path / "escape_toy.ipynb").exists() and not toy.submission_dir("escape", "toy").exists()
     assert any("stored as 'toy.ipynb'" in note for note in report.notes)
     # a folder works too, and collecting again replaces the earlier submission
     folder = tmp_path / "plain"
@@ -509,7 +512,8 @@ def test_command_line_help():
 def test_export_of_an_empty_workspace(toy, tmp_path):
     assert export_rows(toy) == []
     assert export_csv(toy, tmp_path / "grades.csv") == []
-    assert (tmp_path / "grades.csv").read_text() == "student,assignment,status,score,max_score,detail\n"
+    assert (tmp_path / "grades.csv").read_text() == \
+        "student,assignment,status,score,max_score,submitted_at,late,name,lms_id,detail\n"
 
 
 @pytest.mark.parametrize("call, argname", [

@@ -21,7 +21,7 @@ _EXPORTS = {
     "ReleaseReport": "release", "ValidationReport": "release", "collect": "collect", "CollectReport": "collect",
     "autograde": "autograde", "autograde_submission": "autograde", "load_statuses": "autograde",
     "SubmissionStatus": "autograde", "feedback": "report", "export_rows": "report", "export_csv": "report",
-    "FeedbackResult": "report", "cell_scores": "report",
+    "FeedbackResult": "report", "cell_scores": "report", "Submission": "roster", "load_roster": "roster",
 }
 __all__ = sorted(_EXPORTS)
 

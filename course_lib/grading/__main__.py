@@ -28,13 +28,24 @@ def _parser() -> argparse.ArgumentParser:
                                         "no test. Exit code 1 if any release is wrong.")
     p.add_argument("assignment", nargs="?", default="all", help="assignment name, or 'all' (default)")
 
-    p = commands.add_parser("collect", help="unpack submissions from a folder or an LMS zip",
-                            description="Accepted layouts: flat files <student>_<anything>.ipynb (plus "
-                                        "<student>_<file> for other files, stored as <file>), or one folder per "
-                                        "student (<student>/<files> or <student>/<assignment>/<files>), optionally "
-                                        "inside one wrapping folder. Stray files are ignored with a note.")
+    p = commands.add_parser("collect", help="unpack submissions from a folder or an LMS download (zip)",
+                            description="Reads Canvas, Moodle and Blackboard downloads by their file names, "
+                                        "nbgrader's <student>/<assignment>/ folders, <student>_<file> files, or "
+                                        "your own --pattern. Every student seen gets a row in the export "
+                                        "(collected, or failed-<reason>); stray files are listed as ignored.",
+                            epilog="layouts: canvas <lastfirst>[_late]_<userid>_<submissionid>_<file>; moodle "
+                                   "'<Full Name>_<id>_assignsubmission_file_/<file>'; blackboard "
+                                   "<Assignment>_<user>_attempt_<YYYY-MM-DD-HH-MM-SS>_<file> (+ .txt receipt); "
+                                   "generic <student>_<file> or <student>/[<assignment>/]<files>. Pattern example: "
+                                   "--pattern '(?P<student>[^/]+)/(?P<submitted>[^/]+)/(?P<file>[^/]+)'")
     p.add_argument("path", help="folder or .zip of submissions")
     p.add_argument("--assignment", help="assignment name (default: inferred from the path or file names)")
+    p.add_argument("--layout", default="auto", choices=["auto", "canvas", "moodle", "blackboard", "generic"],
+                   help="how the download names its files (default: auto, the layout that reads most of it)")
+    p.add_argument("--pattern", help="a regular expression matched against each path in the download, with "
+                                     "named groups student (required), file, submitted, late, name, lms_id")
+    p.add_argument("--time-format", help="strptime format of the pattern's 'submitted' group (default ISO 8601)")
+    p.add_argument("--due", help="deadline (ISO 8601, the LMS's clock): later submissions are marked late")
 
     p = commands.add_parser("autograde", help="autograde every collected submission, one process per student",
                             description="Each submission is graded in its own process with COURSE_AUTOGRADE=1 "
@@ -63,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="write grades as CSV: one row per student x assignment with a status",
                             description="Columns: student, assignment, status (graded / failed-<reason> / "
-                                        "missing), score (empty unless graded), max_score, detail.")
+                                        "missing), score (empty unless graded), max_score, submitted_at, late, "
+                                        "name, lms_id (from the LMS download), detail. Every student collect "
+                                        "saw has a row.")
     p.add_argument("csv", help="output .csv file")
     return parser
 
@@ -90,7 +103,7 @@ def _autograde(course: Course, args) -> int:
                               read_only_paths=[str(Path(p).resolve()) for p in args.read_only])
     statuses = autograde(course, args.assignment, args.student, args.timeout, jobs=args.jobs, sandbox=sandbox)
     for s in statuses:
-        score = f"{s.score:g}/{s.max_score:g}" if s.status == "graded" else "-"
+        score = f"{s.score:g}/{s.max_score:g}" if s.status.startswith("graded") else "-"
         print(f"{s.assignment:<22} {s.student:<20} {s.status:<28} {score:>9} {s.seconds:6.1f} s  {s.detail}")
     isolation = sorted({s.isolation for s in statuses if s.isolation})
     print(f"{len(statuses)} submission(s) in {time.perf_counter() - start:.1f} s; kernels: {'; '.join(isolation)}")
@@ -117,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     course = Course(workspace=args.workspace)
     if args.command == "collect":
-        print(collect(course, args.path, args.assignment).summary())
+        print(collect(course, args.path, args.assignment, layout=args.layout, pattern=args.pattern,
+                      time_format=args.time_format, due=args.due).summary())
         return 0
     handler = {"release": _release, "autograde": _autograde, "feedback": _feedback, "export": _export}
     return handler[args.command](course, args)

@@ -5,6 +5,7 @@ Glossary (nbgrader's words):
     release      assignments/<assignment>/, the student version (solutions stubbed out, hidden tests removed)
     submission   grading/submitted/<student>/<assignment>/, one student's notebook(s) plus their files
     gradebook    grading/gradebook.db, nbgrader's SQLite database of assignments, students, cells and scores
+    roster       grading/collect/<assignment>.json, every student collect saw, with a status (export reads it)
     workspace    the git-ignored grading/ folder holding everything produced while grading
 
 ``nbgrader_config.py`` at the repo root is the single place that states this layout; ``Course.config()``
@@ -132,6 +133,14 @@ class Course:
     @property
     def status_file(self) -> Path:
         return self.workspace / "status.json"
+
+    @property
+    def collect_dir(self) -> Path:
+        """Rosters of what collect saw (<assignment>.json) and extra files kept aside (<assignment>/extras/)."""
+        return self.workspace / "collect"
+
+    def roster_file(self, assignment: str) -> Path:
+        return self.collect_dir / f"{assignment}.json"
 
     def assignments(self) -> list[str]:
         """Every solutions/<name>/ that holds <name>.ipynb, sorted (a1_vae, a2_attention, ...)."""
