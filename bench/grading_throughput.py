@@ -1,15 +1,18 @@
 """Autograding throughput: submissions per minute with 1 and with 2 parallel jobs, kernels sandboxed.
 
-Two courses, each graded in a temporary workspace (nothing in grading/ is touched):
+Courses, each graded in a temporary workspace (nothing in grading/ is touched):
     toy      a notebook without torch (course_lib.grading.cells): the fixed cost of one submission
              (worker process, nbgrader, sandbox, kernel start) with almost no student code
     a1_vae   the real assignment: its source notebook plus the weights of a FAST training run, handed in by
              every student (torch import, data loading, held-out reconstruction test)
+    a2_attention ... a5_lora   the same for every other assignment in solutions/
 Every student hands in the same correct notebook; each run grades all of them again (force) and checks that
 each one got full marks. Wall-clock time of ``autograde(course, assignment, jobs=J)`` is what is reported.
 
     .venv/bin/python bench/grading_throughput.py                         # toy and a1_vae, 6 students, jobs 1 and 2
     .venv/bin/python bench/grading_throughput.py --courses toy --students 10 --jobs 1 2 4
+    .venv/bin/python bench/grading_throughput.py --courses a1_vae a2_attention a3_ddpm a4_latent_diffusion a5_lora \
+        --students 4 --jobs 2                                             # the figure quoted for issue 13
 """
 from __future__ import annotations
 
@@ -28,13 +31,15 @@ from course_lib.grading import Course, autograde, validate_source  # noqa: E402
 from course_lib.grading.cells import answer_cell, code, locked_cell, markdown, notebook, test_cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if (p / f"{p.name}.ipynb").is_file())
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--courses", nargs="+", choices=["toy", "a1_vae"], default=["toy", "a1_vae"])
+    p.add_argument("--courses", nargs="+", choices=["toy", *ASSIGNMENTS], default=["toy", "a1_vae"])
     p.add_argument("--students", type=int, default=6, help="submissions per course")
     p.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="parallel jobs to compare")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed first grading of each course")
     return p.parse_args()
 
 
@@ -65,20 +70,22 @@ def toy_course(folder: Path, students: int) -> tuple[Course, str]:
     return course, "toy"
 
 
-def a1_course(folder: Path, students: int) -> tuple[Course, str]:
+def assignment_course(folder: Path, students: int, assignment: str) -> tuple[Course, str]:
+    """A real assignment: its source notebook and what its FAST run wrote (weights), handed in by every student."""
     course = Course(root=ROOT, workspace=folder / "grading")
     start = time.perf_counter()
-    reports = validate_source(course, "a1_vae", folder / "source_run", fast=True)
+    reports = validate_source(course, assignment, folder / "source_run", fast=True)
     if not all(r.ok for r in reports):
-        raise SystemExit("the a1_vae source does not validate:\n" + "\n".join(r.summary() for r in reports))
-    print(f"a1_vae: FAST training run for the weights: {time.perf_counter() - start:.1f} s")
-    handed_in = [p for p in (folder / "source_run" / "a1_vae").iterdir() if p.is_file()]
+        raise SystemExit(f"the {assignment} source does not validate:\n" + "\n".join(r.summary() for r in reports))
+    print(f"{assignment}: FAST run for the weights: {time.perf_counter() - start:.1f} s")
+    handed_in = [p for p in (folder / "source_run" / assignment).iterdir()
+                 if p.is_file() and (p.suffix in (".ipynb", ".safetensors"))]
     for i in range(students):
-        target = course.submission_dir(f"s{i:02d}", "a1_vae")
+        target = course.submission_dir(f"s{i:02d}", assignment)
         target.mkdir(parents=True)
         for path in handed_in:
             shutil.copy(path, target)
-    return course, "a1_vae"
+    return course, assignment
 
 
 def measure(course: Course, assignment: str, jobs: int) -> tuple[float, list]:
@@ -120,10 +127,14 @@ def main() -> None:
         for name in args.courses:
             folder = Path(scratch) / name
             folder.mkdir()
-            course, assignment = (toy_course if name == "toy" else a1_course)(folder, args.students)
+            if name == "toy":
+                course, assignment = toy_course(folder, args.students)
+            else:
+                course, assignment = assignment_course(folder, args.students, name)
             if name == args.courses[0]:
                 boxed, plain = sandbox_overhead(course)
-            measure(course, assignment, max(args.jobs))  # warm-up: gradebook entries, caches, forkserver
+            if not args.no_warmup:
+                measure(course, assignment, max(args.jobs))  # warm-up: gradebook entries, caches, forkserver
             for jobs in args.jobs:
                 seconds, statuses = measure(course, assignment, jobs)
                 per_student = sorted(s.seconds for s in statuses)
@@ -136,6 +147,10 @@ def main() -> None:
           f"the same python without the sandbox {plain * 1000:.0f} ms (medians of 5)")
     print(f"machine: {os.cpu_count()} CPU cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"(at the end)\n")
+    total = sum(count for _, jobs, count, _, _, _ in rows if jobs == max(args.jobs))
+    seconds_all = sum(seconds for _, jobs, _, seconds, _, _ in rows if jobs == max(args.jobs))
+    print(f"all courses, jobs={max(args.jobs)}: {total} submissions in {seconds_all:.1f} s = "
+          f"{60 * total / seconds_all:.1f} per minute\n")
     print(f"{'assignment':<10} {'jobs':>4} {'submissions':>11} {'seconds':>8} {'per minute':>10} "
           f"{'median s/submission':>20}")
     for assignment, jobs, count, seconds, rate, median in rows:

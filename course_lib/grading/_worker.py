@@ -70,13 +70,18 @@ def _unlocked_while_executing(lock: GradebookLock, course, assignment: str, stud
     original = Execute.preprocess
     removed = []
 
-    def preprocess(self, nb, resources, *args, **kwargs):
-        lock.release()
+    def run_once(self, nb, resources, *args, **kwargs):
         try:
             return original(self, nb, resources, *args, **kwargs)
         finally:
             sandbox.wait_for_sandbox_exit(course, assignment, student)
             removed.extend(sandbox.clean_workdir(course.autograded_dir / student / assignment))
+
+    def preprocess(self, nb, resources, *args, **kwargs):
+        lock.release()
+        try:
+            return _execute_surviving_deaths(run_once, self, nb, resources, *args, **kwargs)
+        finally:
             lock.acquire()
 
     Execute.preprocess = preprocess  # this process grades one submission, then exits
@@ -84,6 +89,82 @@ def _unlocked_while_executing(lock: GradebookLock, course, assignment: str, stud
         yield removed
     finally:
         Execute.preprocess = original
+
+
+MAX_DEATHS = 3        # kernel deaths survived per notebook (each one re-runs the notebook without the fatal cell)
+DEATHS: list[str] = []  # where the kernel died, in this process (it grades one submission)
+_SKIPPED = "pass  # not run again by the grader: the kernel died in this cell"
+
+
+def _death_error(text: str):
+    from nbformat import from_dict
+
+    return from_dict({"output_type": "error", "ename": "DeadKernelError", "evalue": text,
+                      "traceback": [f"DeadKernelError: {text}"]})
+
+
+def _cell_name(cells, index: int) -> str:
+    """How a cell is named in the detail: its grade_id, or its place after the previous graded cell."""
+    def grade_id(cell):
+        return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+    probe = cells[index].get("metadata", {}).get("course_grading", {}).get("probe")
+    if probe:
+        return f"the grader's check of {probe}"
+    if grade_id(cells[index]):
+        return f"cell {grade_id(cells[index])}"
+    before = [grade_id(c) for c in cells[:index] if grade_id(c)]
+    return f"a cell after {before[-1]}" if before else "a cell before the first graded cell"
+
+
+def _execute_surviving_deaths(run_once, self, nb, resources, *args, **kwargs):
+    """Run the notebook; if the kernel dies, run it again in a fresh kernel without the cell it died in.
+
+    Tests that passed before the death pass again (and keep their points); the fatal cell gets an error output
+    (a test cell dying scores 0). After MAX_DEATHS deaths, the cells not reached get an error each. Returns what
+    ``Execute.preprocess`` returns.
+    """
+    import copy
+
+    from nbclient.exceptions import DeadKernelError
+
+    pristine, skipped = copy.deepcopy(nb), []
+    while True:
+        work = copy.deepcopy(pristine)
+        for index in skipped:
+            work.cells[index].source = _SKIPPED
+        running = []
+
+        def preprocess_cell(cell, res, index, _self=self):
+            running[:] = [index]
+            return type(_self).preprocess_cell(_self, cell, res, index)
+
+        self.preprocess_cell = preprocess_cell
+        try:
+            result = run_once(self, work, resources, *args, **kwargs)
+            break
+        except DeadKernelError:
+            index = running[0] if running else None
+            if index is None or index in skipped or len(skipped) >= MAX_DEATHS:
+                result = (work, resources)
+                reached = index if index is not None else -1
+                for later in work.cells[reached + 1:]:
+                    if later.cell_type == "code":
+                        later.outputs = [_death_error("not run: the kernel died earlier in this notebook")]
+                if index is not None:
+                    skipped.append(index)
+                break
+            skipped.append(index)
+        finally:
+            del self.preprocess_cell
+    out_nb = result[0]
+    for index in skipped:
+        cell = out_nb.cells[index]
+        cell.source = pristine.cells[index].source
+        cell.outputs = [_death_error("the kernel died while running this cell (os._exit, a crash or the memory "
+                                     "limit); the notebook was run again in a new kernel without it")]
+        DEATHS.append(_cell_name(pristine.cells, index))
+    return result
 
 
 def grade(assignment: str, student: str) -> dict:
@@ -125,7 +206,11 @@ def _grade(course, assignment: str, student: str) -> dict:
     findings = sanitize.findings(course, assignment, student)  # e.g. "test cell test_kl was edited: restored"
     detail = "; ".join(([f"points lost in {', '.join(lost)}"] if lost else [])
                        + ([f"cell timeout in {', '.join(timed_out)}"] if timed_out else []) + findings)
-    return {"status": "graded", "detail": detail, "score": score, "max_score": max_score}
+    status = "graded"
+    if DEATHS:
+        status = "graded-partial-kernel-died"
+        detail = "; ".join(filter(None, [f"the kernel died in {', '.join(DEATHS)}: graded without it", detail]))
+    return {"status": status, "detail": detail, "score": score, "max_score": max_score}
 
 
 def run(job: dict) -> None:

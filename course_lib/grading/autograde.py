@@ -11,7 +11,9 @@ Two time limits:
     submission_timeout  (default 600 s) the whole worker is killed, with its kernel, and the submission is
                         recorded as failed-timeout
 
-Statuses (saved in grading/status.json, read by ``export``): ``graded``; ``failed-<reason>`` with reason
+Statuses (saved in grading/status.json, read by ``export``): ``graded``; ``graded-partial-kernel-died`` (the
+kernel died in a cell: the notebook was run again in a new kernel without that cell, tests passed elsewhere keep
+their points, the detail names the cell; see ``_worker``); ``failed-<reason>`` with reason
 no-notebook, invalid-notebook, timeout, kernel-died, autograde-error, worker-crashed or invalid-student-id.
 A failure never becomes a silent 0. Each status also records ``isolation``: the sandbox level and limits its
 kernel ran with (``course_lib.grading.sandbox``: namespaces, or unsandboxed when the instructor allowed it).
@@ -53,7 +55,7 @@ DEFAULT_SUBMISSION_TIMEOUT = 600.0
 
 @dataclass
 class SubmissionStatus:
-    """Outcome of autograding one submission. ``score``/``max_score`` are None unless status is "graded"."""
+    """Outcome of autograding one submission. ``score``/``max_score`` are None unless status starts with "graded"."""
     assignment: str
     student: str
     status: str

@@ -4,8 +4,8 @@ nbgrader autogrades in two passes over each notebook, and this module adds prepr
 
     sanitize pass   ClearOutput -> RebuildFromSource -> DeduplicateIds -> OverwriteKernelspec -> OverwriteCells
                     -> CheckCellMetadata
-    autograde pass  InjectGuard -> Execute -> ReviewOutputs -> IgnorePattern -> ClearMetadata -> LimitOutput
-                    -> SaveAutoGrades -> RestoreStderr -> AssignLatePenalties -> CheckCellMetadata
+    autograde pass  InjectGuard -> InjectProbes -> Execute -> ApplyVerdicts -> ReviewOutputs -> IgnorePattern
+                    -> ClearMetadata -> LimitOutput -> SaveAutoGrades -> RestoreStderr -> AssignLatePenalties -> CheckCellMetadata
 
 Glossary:
     source cell     a cell of the instructor's source notebook that carries nbgrader metadata (grade_id)
@@ -51,6 +51,8 @@ from traitlets import Dict, Integer, List, Unicode
 from traitlets.config import Config
 
 from nbgrader.preprocessors import NbGraderPreprocessor
+
+from course_lib.grading.verdicts import CHECKS_FILE, ApplyVerdicts, InjectProbes
 
 __all__ = ["autograde_config", "submission_config", "findings", "screen_files", "POLICIES", "LIMITS",
            "RebuildFromSource", "InjectGuard", "ReviewOutputs", "RestoreStderr", "scan_cells"]
@@ -163,7 +165,7 @@ def autograde_config(course, assignment: str) -> Config:
     sanitize.insert(_index_of(sanitize, "ClearOutput") + 1, RebuildFromSource)
     autograde = list(Autograde.class_traits()["autograde_preprocessors"].default())
     execute = _index_of(autograde, "Execute")
-    autograde[execute:execute + 1] = [InjectGuard, autograde[execute], ReviewOutputs]
+    autograde[execute:execute + 1] = [InjectGuard, InjectProbes, autograde[execute], ApplyVerdicts, ReviewOutputs]
     autograde.insert(_index_of(autograde, "SaveAutoGrades") + 1, RestoreStderr)
     c = Config()
     c.Autograde.sanitize_preprocessors = sanitize
@@ -174,6 +176,9 @@ def autograde_config(course, assignment: str) -> Config:
     c.InjectGuard.packages = sorted(_guarded_packages(source))
     c.InjectGuard.aliases = _import_aliases(source)
     c.ReviewOutputs.autograded_dir = str(course.autograded_dir)
+    c.InjectProbes.checks_file = str(course.source_dir / assignment / CHECKS_FILE)
+    c.InjectProbes.autograded_dir = str(course.autograded_dir)
+    c.ApplyVerdicts.submitted_dir = str(course.submitted_dir)
     c.ReviewOutputs.cell_output_bytes = LIMITS["cell_output_bytes"]
     c.ReviewOutputs.notebook_output_bytes = LIMITS["notebook_output_bytes"]
     c.ReviewOutputs.stream_chars = LIMITS["stream_chars"]
@@ -186,8 +191,9 @@ def submission_config(course, assignment: str, student: str) -> Config:
     folder = course.submission_dir(student, assignment)
     rejected = [glob.escape(str(folder / name)) for name, _ in screen_files(course, assignment, student)]
     c = Config()
-    if rejected:  # absolute globs: nbgrader joins each pattern to the folder it scans, which keeps them as is
-        c.CourseDirectory.ignore = list(course.config().CourseDirectory.ignore) + rejected
+    # absolute globs: nbgrader joins each pattern to the folder it scans, which keeps them as is; the grader's
+    # checks (solutions/<a>/checks.py) never go next to a submission, whatever nbgrader_config.py says
+    c.CourseDirectory.ignore = list(course.config().CourseDirectory.ignore) + rejected + [CHECKS_FILE]
     return c
 
 
