@@ -28,3 +28,14 @@ test: $(STAMP)
 
 clean-env:
 	rm -rf $(VENV)
+
+# Editing a lecture or an assignment (README): re-run one lecture with papermill and keep its outputs
+# (make lecture NB=03_ddpm; FAST=1 runs the quick version into lectures/outputs/ and leaves the lecture as it is),
+# and regenerate the student release assignments/ from solutions/ (nbgrader), checking that it scores nothing.
+.PHONY: lecture release
+lecture: $(STAMP)
+	$(if $(NB),,$(error name the lecture, e.g. make lecture NB=03_ddpm))
+	$(PY) tools/run_lecture.py $(NB) $(if $(FAST),--fast)
+
+release: $(STAMP)
+	$(PY) -m course_lib.grading release all

@@ -48,6 +48,9 @@ c.CourseDirectory.db_url = f"sqlite:///{WORKSPACE / 'gradebook.db'}"
 # and autograding, which copies the source folder's extra files over each submission, would grade those.
 _INSTRUCTOR_ONLY = [str(ROOT / "solutions" / "*" / sub / f"*.{ext}")
                     for sub in ("", "*") for ext in ("safetensors", "pt", "ckpt", "bin")]
+# The jupytext script paired with each source notebook (solutions/<a>/<a>.py) holds the solutions too: never
+# copied (a bare name: nbgrader scans solutions/./<a>/, which no absolute glob matches).
+_INSTRUCTOR_ONLY += [f"{name}.py" for name in ASSIGNMENTS]
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "outputs", ".DS_Store",
                             "__MACOSX", *_INSTRUCTOR_ONLY]
 c.CourseDirectory.max_file_size = 50_000  # kB; a submitted notebook or weight file larger than 50 MB is skipped
@@ -57,6 +60,10 @@ c.ClearOutput.enabled = True
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 c.ClearSolutions.enforce_metadata = True
+# ... and each stub names what to write: raise NotImplementedError("write kl_divergence() here")
+from course_lib.grading.release import release_preprocessors  # noqa: E402
+
+c.GenerateAssignment.preprocessors = release_preprocessors()
 
 # 3. Execution (validate and autograde): an explicit per-cell timeout; a cell that runs longer is interrupted,
 # scores 0 if it is a test cell, and the notebook goes on with the next cell.

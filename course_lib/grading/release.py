@@ -7,21 +7,97 @@ their weights next to the copy (the generic tests grade those weights).
 
 Validation executes a notebook in its own folder, so both functions execute copies in a scratch folder:
 running a release never leaves files in assignments/.
+
+The release's stubs say what to write: nbgrader's ``raise NotImplementedError()`` becomes
+``raise NotImplementedError("write kl_divergence() here")`` (``ClearSolutionsNamingStubs``, which
+nbgrader_config.py puts in place of nbgrader's ClearSolutions through ``release_preprocessors``).
 """
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import tempfile
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nbgrader import utils as nbgrader_utils
+from nbgrader.preprocessors import ClearSolutions
 
 from course_lib.grading.course import Course, kernel_environment, patched_environ
 
 __all__ = ["ValidationReport", "ReleaseReport", "validate_notebook", "release", "validate_source",
-           "copy_assignment_folder", "set_fast"]
+           "copy_assignment_folder", "set_fast", "name_stubs", "ClearSolutionsNamingStubs", "release_preprocessors"]
 
 FAST_LINE = re.compile(r"^FAST\s*=\s*False\b", flags=re.MULTILINE)
+BARE_STUB = "raise NotImplementedError()"
+
+
+def _stub_owners(tree: ast.AST, owners: tuple[str, ...] = ()):
+    """(line, names of the enclosing classes and functions) of every bare ``raise NotImplementedError()``."""
+    for node in ast.iter_child_nodes(tree):
+        inner = owners
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            inner = owners + (node.name,)
+        elif (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and not node.exc.args
+              and not node.exc.keywords and isinstance(node.exc.func, ast.Name)
+              and node.exc.func.id == "NotImplementedError"):
+            yield node.lineno, owners
+        yield from _stub_owners(node, inner)
+
+
+def name_stubs(source: str, top_level: str = "your code") -> str:
+    """Each bare ``raise NotImplementedError()`` in ``source`` names what to write in its place:
+    ``"write kl_divergence() here"``, ``"write TinyVAE.encode() here"``, or ``f"write {top_level} here"`` outside
+    any function. Source that does not parse is returned unchanged."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    lines = source.split("\n")
+    for lineno, owners in _stub_owners(tree):
+        what = f"{'.'.join(owners)}()" if owners else top_level
+        lines[lineno - 1] = lines[lineno - 1].replace(BARE_STUB, f'raise NotImplementedError("write {what} here")', 1)
+    return "\n".join(lines)
+
+
+def _names_defined(solution: str) -> list[str]:
+    """The top-level names a solution region assigns or defines (what a stub outside a function stands for)."""
+    try:
+        tree = ast.parse(textwrap.dedent(solution))
+    except SyntaxError:
+        return []
+    names = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        for target in getattr(node, "targets", [getattr(node, "target", None)]):
+            names += [n.id for n in ast.walk(target) if isinstance(n, ast.Name)] if target is not None else []
+    return list(dict.fromkeys(names))
+
+
+class ClearSolutionsNamingStubs(ClearSolutions):
+    """nbgrader's ClearSolutions (same configuration), then ``name_stubs`` on every answer cell; a stub outside
+    any function names the variables its solution set (``"write SD15_UNET_PARAMS, SD15_LORA_PARAMS here"``)."""
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        region = re.search(rf"{re.escape(self.begin_solution_delimeter)}[^\n]*\n(.*?)^[ \t]*[^\n]*"
+                           rf"{re.escape(self.end_solution_delimeter)}", cell.source, flags=re.S | re.M)
+        defined = _names_defined(region.group(1)) if region else []
+        cell, resources = super().preprocess_cell(cell, resources, cell_index)
+        if cell.cell_type == "code" and nbgrader_utils.is_solution(cell):
+            cell.source = name_stubs(cell.source, ", ".join(defined) or "your code")
+        return cell, resources
+
+
+def release_preprocessors() -> list:
+    """nbgrader's GenerateAssignment preprocessors with ClearSolutions replaced by ClearSolutionsNamingStubs."""
+    from nbgrader.converters import GenerateAssignment
+
+    default = GenerateAssignment.class_traits()["preprocessors"].make_dynamic_default()
+    assert ClearSolutions in default, "nbgrader's release no longer uses ClearSolutions"
+    return [ClearSolutionsNamingStubs if step is ClearSolutions else step for step in default]
 
 
 @dataclass
@@ -75,7 +151,6 @@ def _last_error_line(cell) -> str:
 def validate_notebook(course: Course, path, invert: bool = False,
                       env: dict[str, str | None] | None = None) -> ValidationReport:
     """Run nbgrader's Validator on the notebook at ``path`` (executed in its folder, with ``env`` patched in)."""
-    from nbgrader import utils
     from nbgrader.validator import Validator
 
     path = Path(path)
@@ -94,10 +169,10 @@ def validate_notebook(course: Course, path, invert: bool = False,
     report = ValidationReport(notebook=path, invert=bool(invert), changed=len(results.get("changed", [])))
     executed = getattr(validator, "executed", None)  # None when cell types changed: nothing was run
     for cell in executed.cells if executed is not None else []:
-        if not utils.is_grade(cell) or cell.cell_type != "code":
+        if not nbgrader_utils.is_grade(cell) or cell.cell_type != "code":
             continue
         grade_id = cell.metadata.nbgrader["grade_id"]
-        score, max_score = utils.determine_grade(cell, validator.log)
+        score, max_score = nbgrader_utils.determine_grade(cell, validator.log)
         if score is not None and score >= max_score:
             report.passed.append(grade_id)
         else:
