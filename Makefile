@@ -3,18 +3,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU build of torch; override e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124"
-TORCH_SPEC ?= torch==2.13.0
+# torch first, the build that fits this machine (tools/install_torch.py prints its choice: CPU build without an
+# NVIDIA GPU, CUDA build with one); force an index with e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+export TORCH_INDEX_URL
 STAMP := $(VENV)/.course-installed
 
-.PHONY: env demo test lectures clean-env
+.PHONY: env demo test lectures clean-env constraints student-export
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The term's exact versions (constraints.txt) of everything, the course package editable with all extras.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) tools/install_torch.py
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
 
@@ -28,6 +30,15 @@ test: $(STAMP)
 
 clean-env:
 	rm -rf $(VENV)
+
+# After a tested upgrade of the environment: record its exact versions as the term's constraints.
+constraints: $(STAMP)
+	{ grep '^#' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed -E 's/\+[a-z0-9.]+$$//'; } > constraints.tmp
+	mv constraints.tmp constraints.txt
+
+# The public student repository in a folder of its own (see README, "Publishing the course to students").
+student-export: $(STAMP)
+	$(PY) tools/export_student.py $(EXPORT_DIR)
 
 # Editing a lecture or an assignment (README): re-run one lecture with papermill and keep its outputs
 # (make lecture NB=03_ddpm; FAST=1 runs the quick version into lectures/outputs/ and leaves the lecture as it is),
