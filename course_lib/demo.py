@@ -18,18 +18,16 @@ import time
 from pathlib import Path
 
 import torch
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # the demo writes files; it never opens windows
-
-from course_lib._io import atomic_write_json  # noqa: E402
-from course_lib.data import COLOURS, SHAPES, shapes_batch  # noqa: E402
-from course_lib.metrics import (feature_frechet_distance, per_prompt_accuracy, prompt_accuracy,  # noqa: E402
-                                ShapeEvaluator, train_evaluator)
-from course_lib.minisd import (MiniSDConfig, _train_data, build_pipeline, prompt_set, train_clip,  # noqa: E402
-                               train_unet, train_vae)
-from course_lib.pipeline import TEXT_FEATURES, MiniSDPipeline  # noqa: E402
-from course_lib.viz import plot_losses, save_image_grid  # noqa: E402
+from course_lib._io import atomic_write_json
+from course_lib.data import COLOURS, SHAPES, shapes_batch
+from course_lib.metrics import (ShapeEvaluator, feature_frechet_distance, per_prompt_accuracy, prompt_accuracy,
+                                train_evaluator)
+from course_lib.minisd import (MiniSDConfig, _train_data, build_pipeline, prompt_set, train_clip, train_unet,
+                               train_vae)
+from course_lib.pipeline import TEXT_FEATURES, MiniSDPipeline
+from course_lib.viz import plot_losses, save_image_grid
 
 __all__ = ["run_demo", "evaluate_pipeline", "main"]
 
@@ -48,10 +46,8 @@ def get_demo_evaluator(out_dir: Path, fast: bool, seed: int = 0) -> tuple[ShapeE
 
 @torch.no_grad()
 def generate_for_prompts(pipe: MiniSDPipeline, prompts: list[str], seeds: list[int], num_inference_steps: int,
-                         guidance_scale: float, batch_size: int = 64, scheduler=None) -> torch.Tensor:
+                         guidance_scale: float, batch_size: int = 64) -> torch.Tensor:
     """Images (len(prompts) * len(seeds), 3, H, W), prompt-major, each seed its own generator."""
-    if scheduler is not None:
-        pipe.scheduler = scheduler
     jobs = [(p, s) for p in prompts for s in seeds]
     images = []
     for start in range(0, len(jobs), batch_size):
@@ -128,14 +124,12 @@ def _figures(pipe: MiniSDPipeline, images: torch.Tensor, config: MiniSDConfig, o
                     row_labels=["input", "mask (grey = generate)", '"a red triangle"', '"a blue circle"'],
                     title="inpainting: replace the yellow square, keep the rest")
 
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(losses), figsize=(4.5 * len(losses), 3.5))
-    for ax, (name, history) in zip(axes, losses.items()):
+    fig = Figure(figsize=(4.5 * len(losses), 3.5))  # off-screen: not pyplot's, whatever its backend
+    for ax, (name, history) in zip(fig.subplots(1, len(losses)), losses.items()):
         plot_losses(history, ax=ax, title=name)
     fig.tight_layout()
     tmp = out_dir / ".losses.tmp.png"
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(out_dir / "losses.png")
 
 

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ from safetensors import safe_open
 from torch import nn
 
 from course_lib._checks import check_float, check_int
+from course_lib._config import JSONConfig
 from course_lib._io import atomic_save_safetensors, load_safetensors
 
 __all__ = ["LoRAConfig", "LoRALinear", "inject_lora", "lora_parameters", "count_trainable_parameters",
@@ -46,7 +47,7 @@ LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 
 
 @dataclass
-class LoRAConfig:
+class LoRAConfig(JSONConfig):
     """Which layers get an adapter and how big it is (peft's ``LoraConfig`` names).
 
     r: rank of the update. lora_alpha: scaling numerator, ``scaling = lora_alpha / r``; None means alpha = r
@@ -78,18 +79,6 @@ class LoRAConfig:
     @property
     def scaling(self) -> float:
         return self.lora_alpha / self.r
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "target_modules": list(self.target_modules)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LoRAConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"d must be a dict, got {type(d).__name__}")
-        unknown = set(d) - {"r", "lora_alpha", "lora_dropout", "target_modules"}
-        if unknown:
-            raise ValueError(f"d has unknown LoRAConfig keys {sorted(unknown)}")
-        return cls(**d)
 
 
 class LoRALinear(nn.Module):

@@ -5,8 +5,8 @@ shapes (``course_lib.data``):
 
     1. VAE       x (3, 32, 32) -> z (4, 8, 8): negative ELBO with a small beta; then the scale factor s
     2. CLIP      image/caption pairs, symmetric contrastive loss; its text encoder is then frozen
-    3. UNet      the seeds' Algorithm 1 on s * z with frozen VAE and text encoder: random t, noise eps,
-                 || eps - eps_theta(z_t, t, tau(y)) ||^2, caption dropped (-> "") 10% of the time
+    3. UNet      DDPM training (Ho et al. 2020, Alg. 1) on s * z with frozen VAE and text encoder: random t,
+                 noise eps, || eps - eps_theta(z_t, t, tau(y)) ||^2, caption dropped (-> "") 10% of the time
 
 Every stage is a function that takes a ``MiniSDConfig`` and an output folder, checkpoints while it trains,
 resumes from its newest complete checkpoint if it was interrupted, and skips itself if its result is already
@@ -26,11 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from course_lib._checks import check_choice, check_float, check_int
-from course_lib._io import atomic_write_json, load_pretrained, save_pretrained
+from course_lib._config import JSONConfig
+from course_lib._io import atomic_write_json
 from course_lib.data import COLOURS, SHAPES, all_pairs, caption_for, shapes_batch
 from course_lib.guidance import apply_keep_mask, sample_keep_mask
 from course_lib.pipeline import TEXT_FEATURES, MiniSDPipeline, encode_text
-from course_lib.schedulers import DDIMScheduler, DDPMScheduler
+from course_lib.schedulers import STABLE_DIFFUSION_BETAS, DDIMScheduler, DDPMScheduler
+from course_lib.snr import min_snr_weights
 from course_lib.text import CaptionTokenizer, CLIPConfig, TextEncoder, TinyCLIP, contrastive_loss, zero_shot_classify
 from course_lib.train import EMA, cosine_schedule_with_warmup, train_loop
 from course_lib.unet import UNet, UNetConfig
@@ -43,7 +45,7 @@ HELD_OUT_PAIRS = (("green", "triangle"), ("yellow", "circle"))
 
 
 @dataclass
-class MiniSDConfig:
+class MiniSDConfig(JSONConfig):
     """Every knob of the miniature Stable Diffusion. Defaults: the real run (minutes on 2 CPU cores)."""
     seed: int = 0
     image_size: int = 32
@@ -113,22 +115,6 @@ class MiniSDConfig:
                                       norm_groups=8),
                       unet_steps=30, unet_batch_size=16, num_inference_steps=5, checkpoint_every=20)
         return cls(**{**preset, **overrides})
-
-    def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("vae", "clip", "unet"):
-            out[name] = out[name].to_dict()
-        out["held_out_pairs"] = [list(p) for p in self.held_out_pairs]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "MiniSDConfig":
-        data = dict(data)
-        data["vae"] = VAEConfig.from_dict(data["vae"])
-        data["clip"] = CLIPConfig.from_dict(data["clip"])
-        data["unet"] = UNetConfig.from_dict(data["unet"])
-        return cls(**data)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Data and prompts
@@ -262,16 +248,9 @@ def train_clip(config: MiniSDConfig, out_dir: str | Path, data: dict | None = No
 # ----------------------------------------------------------------------------------------------------------
 
 def make_scheduler(config: MiniSDConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                         beta_start=0.00085, beta_end=0.012, clip_sample=False)
-
-
-def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """min(SNR(t), gamma) / SNR(t) for epsilon prediction (Hang et al. 2023, eq. 10): down-weights the
-    easy, low-noise timesteps whose gradients otherwise fight the others'."""
-    abar = scheduler.alphas_cumprod[timesteps]
-    snr = abar / (1 - abar)
-    return snr.clamp(max=gamma) / snr
+    """The training noise schedule: Stable Diffusion's betas (``config.beta_schedule`` may swap their spacing)."""
+    betas = {**STABLE_DIFFUSION_BETAS, "beta_schedule": config.beta_schedule}
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, **betas, clip_sample=False)
 
 
 @torch.no_grad()
@@ -300,11 +279,11 @@ def _encode_captions(text_encoder: TextEncoder, tokenizer: CaptionTokenizer, cap
 
 def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder: TextEncoder,
                tokenizer: CaptionTokenizer, scale_factor: float, data: dict | None = None) -> tuple[UNet, dict]:
-    """Stage 3: the seeds' Algorithm 1 on latents, with condition dropout, min-SNR weighting and EMA.
+    """Stage 3: Ho et al. 2020's Algorithm 1 on latents, with condition dropout, min-SNR weighting and EMA.
     Returns the EMA weights (what sampling uses)."""
     folder = Path(out_dir) / "unet"
     if (done := _stage_done(folder)) is not None:
-        trained_on = done.get("text_features", "last_hidden_state")  # reports older than the option: SD's choice
+        trained_on = done.get("text_features")
         if trained_on != config.text_features:
             raise ValueError(f"config.text_features is {config.text_features!r} but the UNet in {folder} was trained "
                              f"on {trained_on!r}; start a fresh output folder (demo: --fresh)")
@@ -333,7 +312,7 @@ def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder
         # the caption, replaced by "" with probability cond_dropout (classifier-free guidance training)
         keep = sample_keep_mask(len(idx), p=config.cond_dropout, generator=g)
         which = apply_keep_mask(caption_index[idx], empty, keep)
-        # Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
+        # Ho et al. 2020, Alg. 1: t ~ U{0..T-1}, eps ~ N(0, I), z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
         t = torch.randint(0, config.num_train_timesteps, (len(idx),), generator=g)
         noise = torch.randn(z0.shape, generator=g)
         z_t = noise_scheduler.add_noise(z0, noise, t)
@@ -361,9 +340,7 @@ def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder
 def build_pipeline(config: MiniSDConfig, vae: VAE, text_encoder: TextEncoder, tokenizer: CaptionTokenizer,
                    unet: UNet, scale_factor: float) -> MiniSDPipeline:
     """Assemble the trained pieces with a DDIM sampler sharing the training noise schedule."""
-    train_scheduler = make_scheduler(config)
-    sampler = DDIMScheduler(num_train_timesteps=train_scheduler.config.num_train_timesteps,
-                            beta_schedule=config.beta_schedule, beta_start=0.00085, beta_end=0.012,
-                            clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    sampler = DDIMScheduler.from_config({**make_scheduler(config).config.to_dict(), "set_alpha_to_one": False,
+                                         "steps_offset": 1})
     return MiniSDPipeline(vae, text_encoder, tokenizer, unet, sampler, scale_factor, image_size=config.image_size,
                           text_features=config.text_features)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from course_lib._checks import check_choice, check_float, check_int, check_tensor
@@ -151,7 +150,7 @@ class MiniSDPipeline:
     def denoise(self, latents: torch.Tensor, timesteps, prompts, guidance_scale: float = 4.0,
                 generator: torch.Generator | None = None, eta: float = 0.0, known_latents=None, known_mask=None,
                 return_trajectory: bool = False, progress: bool = True) -> PipelineOutput:
-        """The sampling loop (seeds' Algorithm 2 with classifier-free guidance), from ``latents`` at
+        """The sampling loop (Ho et al. 2020, Alg. 2, with classifier-free guidance), from ``latents`` at
         ``timesteps[0]`` down to z_0. ``known_latents``/``known_mask`` (1 = generate, 0 = keep): inpainting."""
         check_float("guidance_scale", guidance_scale, minimum=0.0)
         cond, cond_mask = self.encode_prompt(prompts)
@@ -274,12 +273,16 @@ class MiniSDPipeline:
         if not (folder / "pipeline.json").is_file():
             raise ValueError(f"folder must be a saved MiniSDPipeline (pipeline.json missing), got {str(folder)!r}")
         meta = json.loads((folder / "pipeline.json").read_text())
-        scheduler_cls = DDPMScheduler if meta.get("scheduler") == "DDPMScheduler" else DDIMScheduler
+        missing = sorted({"scale_factor", "image_size", "text_features", "scheduler"} - set(meta))
+        if missing:
+            raise ValueError(f"folder {str(folder)!r} holds a pipeline.json without {missing}; save the pipeline "
+                             f"again with save_pretrained")
+        scheduler_cls = DDPMScheduler if meta["scheduler"] == "DDPMScheduler" else DDIMScheduler
         pipe = cls(vae=VAE.from_pretrained(folder / "vae", device=device),
                    text_encoder=load_pretrained(TextEncoder, CLIPConfig, folder / "text_encoder", device=device),
                    tokenizer=CaptionTokenizer.load(folder / "tokenizer.json"),
                    unet=UNet.from_pretrained(folder / "unet", device=device),
                    scheduler=scheduler_cls.from_pretrained(folder / "scheduler"),
                    scale_factor=meta["scale_factor"], image_size=int(meta["image_size"]),
-                   text_features=meta.get("text_features", "last_hidden_state"))  # older files: SD's choice
+                   text_features=meta["text_features"])
         return pipe

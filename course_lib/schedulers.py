@@ -34,22 +34,26 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from course_lib._checks import check_choice, check_float, check_int, check_same_shape, check_tensor
+from course_lib._config import JSONConfig
 from course_lib._io import atomic_write_json
 
-__all__ = ["make_betas", "SchedulerOutput", "DDPMSchedulerConfig", "DDIMSchedulerConfig", "DDPMScheduler",
-           "DDIMScheduler"]
+__all__ = ["STABLE_DIFFUSION_BETAS", "make_betas", "SchedulerOutput", "DDPMSchedulerConfig", "DDIMSchedulerConfig",
+           "DDPMScheduler", "DDIMScheduler"]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
+# Stable Diffusion's noise schedule (v1.x and v2.x; Rombach et al. 2022): sqrt(beta) evenly spaced from
+# sqrt(0.00085) to sqrt(0.012). The real v1.5 scheduler config (course_lib.sd.SD15_SCHEDULER) is built from it.
+STABLE_DIFFUSION_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 CONFIG_NAME = "scheduler_config.json"  # diffusers' file name, so diffusers can read our folders and vice versa
 
 
@@ -66,7 +70,7 @@ def make_betas(schedule: str, num_train_timesteps: int, beta_start: float = 0.00
 
     * "linear": evenly spaced from ``beta_start`` to ``beta_end`` (DDPM: 1e-4 .. 0.02).
     * "scaled_linear": evenly spaced in sqrt(beta), then squared. Stable Diffusion uses it with
-      beta_start=0.00085, beta_end=0.012 (pass those; the defaults are DDPM's, as in diffusers).
+      beta_start=0.00085, beta_end=0.012 (``STABLE_DIFFUSION_BETAS``; the defaults are DDPM's, as in diffusers).
     * "cosine" (alias "squaredcos_cap_v2", diffusers' name): Nichol & Dhariwal's schedule,
       beta_t = min(1 - abar((t+1)/T) / abar(t/T), 0.999). It ignores ``beta_start``/``beta_end``.
     """
@@ -91,7 +95,7 @@ def _check_bool(name: str, value) -> None:
 
 
 @dataclass
-class _SchedulerConfig:
+class _SchedulerConfig(JSONConfig):
     """Fields shared by both schedulers; names and defaults are diffusers'."""
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
@@ -111,19 +115,6 @@ class _SchedulerConfig:
         check_float("clip_sample_range", self.clip_sample_range, minimum=0.0, min_inclusive=False)
         check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         check_int("steps_offset", self.steps_offset, minimum=0, maximum=self.num_train_timesteps - 1)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        if not isinstance(d, dict):
-            raise ValueError(f"d must be a dict, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"d has unknown keys {unknown} for {cls.__name__}; allowed: "
-                             f"{[f.name for f in fields(cls)]}")
-        return cls(**d)
 
 
 @dataclass

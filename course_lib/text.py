@@ -25,7 +25,6 @@ the whole caption, and nothing after <eos> (padding) can change them.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib._checks import check_choice, check_float, check_int, check_shape_dim, check_tensor
+from course_lib._config import JSONConfig
 from course_lib._io import atomic_write_json, load_pretrained, save_pretrained
 from course_lib.attention import MultiHeadAttention
 
@@ -189,7 +189,7 @@ class CaptionTokenizer:
 # ----------------------------------------------------------------------------------------------------------
 
 @dataclass
-class CLIPConfig:
+class CLIPConfig(JSONConfig):
     """Sizes of TinyCLIP. ``width`` is the text encoder's hidden size: the UNet's cross-attention context_dim.
 
     image_widths: channels of the image CNN's stages; stage 0 keeps the resolution, each later stage halves it.
@@ -228,21 +228,6 @@ class CLIPConfig:
         check_int("eos_token_id", self.eos_token_id, minimum=0, maximum=self.vocab_size - 1)
         if self.eos_token_id == self.pad_token_id:
             raise ValueError(f"eos_token_id must differ from pad_token_id={self.pad_token_id}, got {self.eos_token_id}")
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["image_widths"] = list(self.image_widths)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CLIPConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"data must be a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"data has unknown CLIPConfig keys {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
 
     @classmethod
     def tiny(cls, **overrides) -> "CLIPConfig":

@@ -36,13 +36,14 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from course_lib._checks import check_float, check_int, check_shape_dim, check_tensor
+from course_lib._config import JSONConfig
 from course_lib._io import load_pretrained, save_pretrained
 from course_lib.attention import MultiHeadAttention
 
@@ -54,7 +55,7 @@ __all__ = ["UNetConfig", "UNet", "timestep_embedding", "average_cross_attention"
 # ---------------------------------------------------------------------------------------------------------
 
 @dataclass
-class UNetConfig:
+class UNetConfig(JSONConfig):
     """Sizes of a UNet.
 
     block_channels: channels of each level (0 = full resolution); H and W must be divisible by 2**(levels - 1).
@@ -111,19 +112,6 @@ class UNetConfig:
     @property
     def num_levels(self) -> int:
         return len(self.block_channels)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"d must be a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"d has unknown UNetConfig keys {unknown}; allowed keys are {sorted(known)}")
-        return cls(**d)
 
     def to_diffusers_kwargs(self) -> dict:
         """Keyword arguments for diffusers' ``UNet2DConditionModel`` that build the same network as ``UNet(self)``

@@ -27,7 +27,6 @@ Every block after the first halves the resolution, so ``block_channels=(32, 64, 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib._checks import check_float, check_int, check_same_shape, check_shape_dim, check_tensor
+from course_lib._config import JSONConfig
 from course_lib._io import load_pretrained, save_pretrained
 
 __all__ = ["VAEConfig", "DiagonalGaussian", "kl_divergence", "VAE", "VAEOutput", "VAELoss", "vae_loss",
@@ -48,7 +48,7 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # Stable Diffusion clamps logvar to this r
 # ----------------------------------------------------------------------------------------------- config
 
 @dataclass
-class VAEConfig:
+class VAEConfig(JSONConfig):
     """Shape of the VAE. ``len(block_channels)`` blocks; every block after the first halves H and W.
 
     in_channels       image channels C (3 for RGB, 1 for digits)
@@ -88,21 +88,6 @@ class VAEConfig:
         """f: how much smaller the latent is than the image along H and along W."""
         return 2 ** (len(self.block_channels) - 1)
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["block_channels"] = list(self.block_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VAEConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"d must be a dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"d has unknown VAEConfig keys {unknown}; allowed keys are {sorted(known)}")
-        return cls(**d)
-
     @classmethod
     def tiny(cls) -> "VAEConfig":
         """For fast tests: 3x32x32 -> 4x16x16, 44k parameters."""
@@ -111,20 +96,14 @@ class VAEConfig:
     @classmethod
     def shapes(cls) -> "VAEConfig":
         """The course's toy shapes: 3x32x32 -> 4x8x8 (f = 4, 12x fewer numbers), 174k parameters.
-
-        Roughly 0.13 s per step of 64 images on 2 otherwise idle CPU cores: ~750 steps (1.5 min) of AdamW at
-        lr 2e-3 with beta = 1e-3 reconstruct held-out ``course_lib.data`` shapes at ~37 dB PSNR (1500: ~41 dB).
-        """
+        Its training time and reconstruction error: docs/results.md."""
         return cls(in_channels=3, latent_channels=4, block_channels=(8, 16, 32), layers_per_block=1,
                    norm_groups=4)
 
     @classmethod
     def digits(cls) -> "VAEConfig":
-        """sklearn digits upsampled to 1x16x16 -> 2x8x8 latents (f = 2), 166k parameters.
-
-        The digits hold only 8x8 numbers of detail, so 2x8x8 loses nothing: ~500 steps of 64 images (lr 2e-3,
-        beta = 1e-3) reach ~40 dB PSNR on held-out digits.
-        """
+        """sklearn digits upsampled to 1x16x16 -> 2x8x8 latents (f = 2), 166k parameters. The digits hold only
+        8x8 numbers of detail, so 2x8x8 loses nothing (measured: docs/results.md)."""
         return cls(in_channels=1, latent_channels=2, block_channels=(16, 32), layers_per_block=1, norm_groups=8)
 
 

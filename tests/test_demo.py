@@ -37,9 +37,13 @@ def test_config_round_trip_and_validation():
         MiniSDConfig(cond_dropout=1.5)
     with pytest.raises(ValueError, match="text_features"):
         MiniSDConfig(text_features="pooled")
-    old = MiniSDConfig().to_dict()
-    del old["text_features"]  # a config.json written before the option existed
-    assert MiniSDConfig.from_dict(old).text_features == MiniSDConfig().text_features
+    partial = MiniSDConfig().to_dict()
+    del partial["text_features"]  # a missing key takes the field's default
+    assert MiniSDConfig.from_dict(partial).text_features == MiniSDConfig().text_features
+    nested = MiniSDConfig.fast().to_dict()
+    assert isinstance(nested["vae"], dict) and isinstance(MiniSDConfig.from_dict(nested).vae, type(config.vae))
+    with pytest.raises(ValueError, match="unet_step"):  # a typo is named, not silently ignored
+        MiniSDConfig.from_dict({"unet_step": 10})
 
 
 def test_prompt_set_covers_every_pair_once():
@@ -56,6 +60,24 @@ def test_min_snr_weights_match_the_formula():
     expected = torch.minimum(snr, torch.tensor(5.0, dtype=torch.double)) / snr
     torch.testing.assert_close(minisd.min_snr_weights(scheduler, t, 5.0).double(), expected, rtol=1e-5, atol=0)
     assert minisd.min_snr_weights(scheduler, torch.tensor([999]), 5.0).item() == pytest.approx(1.0)
+
+
+def test_one_min_snr_function_serves_the_course_and_stable_diffusion():
+    from course_lib.sd import min_snr_weights as sd_min_snr_weights
+    scheduler = minisd.make_scheduler(MiniSDConfig.fast())
+    t = torch.tensor([3, 700])
+    assert minisd.min_snr_weights is sd_min_snr_weights
+    assert torch.equal(minisd.min_snr_weights(scheduler, t, 5.0), minisd.min_snr_weights(scheduler.alphas_cumprod, t, 5.0))
+
+
+def test_importing_the_demo_keeps_the_matplotlib_backend():
+    """A notebook that imports course_lib.demo keeps its inline backend (here: svg stands for it)."""
+    import subprocess
+    import sys
+    code = "import matplotlib; matplotlib.use('svg'); import course_lib.demo; print(matplotlib.get_backend())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "svg"
 
 
 def _stages(config, out):

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from course_lib._checks import check_choice
+from course_lib.schedulers import STABLE_DIFFUSION_BETAS
 
 __all__ = ["SD15_SCHEDULER", "SD15_TOKENIZER", "SD15_COMPONENTS", "sd15_config", "sd15_empty_model",
            "count_parameters"]
@@ -34,9 +35,7 @@ __all__ = ["SD15_SCHEDULER", "SD15_TOKENIZER", "SD15_COMPONENTS", "sd15_config",
 # scheduler/scheduler_config.json of the real repo (a PNDMScheduler; DDPM/DDIM read the same betas).
 SD15_SCHEDULER = {
     "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
+    **STABLE_DIFFUSION_BETAS,  # scaled_linear, 0.00085 -> 0.012
     "num_train_timesteps": 1000,
     "set_alpha_to_one": False,
     "skip_prk_steps": True,

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from course_lib._checks import check_choice, check_float, check_int
+from course_lib._config import JSONConfig
 from course_lib.sd.components import DEFAULT_MODEL_ID, DEFAULT_REVISION
 from course_lib.sd.precision import MIXED_PRECISION
 
@@ -28,7 +29,7 @@ def _check_optional_path(name: str, value) -> str | None:
 
 
 @dataclass
-class LoRATrainingConfig:
+class LoRATrainingConfig(JSONConfig):
     """Everything a LoRA run needs; ``to_dict``/``from_dict`` round-trip through JSON.
 
     dataset: a local image folder with ``metadata.jsonl`` or a Hub dataset id (``course_lib.data``).
@@ -157,19 +158,6 @@ class LoRATrainingConfig:
     @property
     def checkpoint_folder(self) -> Path:
         return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(self.output_dir) / "checkpoints"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {**d, "target_modules": list(self.target_modules), "validation_prompts": list(self.validation_prompts)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LoRATrainingConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"d must be a dict, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"d has unknown LoRATrainingConfig keys {sorted(unknown)}")
-        return cls(**d)
 
 
 def _bitsandbytes_available() -> bool:
