@@ -81,6 +81,9 @@ def test_notebook_follows_the_conventions(stem):
     assert first.cell_type == "markdown" and len(badges) == 1 and badges[0].endswith(own), (
         f"cell 0 must be markdown with exactly one Open-in-Colab badge, linking to ...{own}; found {badges}")
     assert first.source.lstrip().startswith("# "), "cell 0 starts with the notebook's title"
+    for what, pattern in [("what you will learn", r"(?i)\blearn"), ("how long it takes", r"(?i)\btime\b"),
+                          ("the time on a laptop CPU", r"\bCPU\b"), ("the time on a (Colab) GPU", r"\bGPU\b")]:
+        assert re.search(pattern, first.source), f"cell 0 must say {what}"
     setup = _tagged(nb, "setup")
     assert len(setup) == 1 and setup[0].cell_type == "code", "exactly one code cell tagged 'setup' (Colab install)"
     parameters = _tagged(nb, "parameters")
@@ -135,7 +138,8 @@ def test_tidy_drops_widget_views_and_run_metadata_only():
         "text/plain": "LoRA:   0%|          | 0/30"})
     cell = nbformat.v4.new_code_cell("train()", outputs=[bar, figure, text])
     cell.metadata.update(papermill={"duration": 1.0}, execution={"iopub.status.busy": "x"}, tags=["parameters"])
-    nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("# Title")])
+    untagged = nbformat.v4.new_markdown_cell("# Title", metadata={"tags": []})
+    nb = nbformat.v4.new_notebook(cells=[cell, untagged])
     nb.metadata.update(widgets={WIDGET_STATE: {"state": {}}}, papermill={"parameters": {}},
                        kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"})
 
@@ -146,7 +150,8 @@ def test_tidy_drops_widget_views_and_run_metadata_only():
     assert tidied.metadata.kernelspec == KERNELSPEC
     assert tidied.cells[0].metadata == {"tags": ["parameters"]}
     assert [o.output_type for o in tidied.cells[0].outputs] == ["display_data", "stream"]
-    assert "image/png" in tidied.cells[0].outputs[0].data and tidied.cells[1].source == "# Title"
+    assert "image/png" in tidied.cells[0].outputs[0].data
+    assert tidied.cells[1].source == "# Title" and tidied.cells[1].metadata == {}
 
 
 def test_run_lecture_names_the_lectures_on_a_bad_name():
