@@ -133,7 +133,8 @@ def test_diffusers_from_single_file_reads_our_file(tiny, suffix):
 @pytest.mark.parametrize("layout", ["folder", "safetensors", "ckpt"])
 def test_both_layouts_reproduce_the_pipeline_image(tiny, pipeline_image, layout):
     modules = load_sd_checkpoint(tiny[layout], config=None if layout == "folder" else tiny["folder"])
-    assert type(modules.vae).__module__ == "course_lib.models.autoencoder_kl"
+    assert all(type(m).__module__.startswith("course_lib.models.")
+               for m in (modules.unet, modules.vae, modules.text_encoder)), "the course's modules, not diffusers'"
     image = generate(modules, PROMPT, torch.Generator().manual_seed(SEED), num_inference_steps=STEPS,
                      guidance_scale=GUIDANCE)
     assert image.shape == pipeline_image.shape == (1, 3, 64, 64)

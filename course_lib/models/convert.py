@@ -302,21 +302,13 @@ class SDModules:
 
 
 def build_modules(configs: dict[str, dict]) -> dict[str, nn.Module]:
-    """Empty (randomly initialised) course modules for the unet, vae and text encoder configs."""
+    """The course's unet, vae and text encoder for diffusers/transformers config dicts, randomly initialised."""
     from course_lib.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
-    return {"unet": _build_unet(configs["unet"]),
+    from course_lib.models.clip_text import CLIPTextConfig, CLIPTextModel
+    from course_lib.models.unet_2d_condition import UNet2DConditionConfig, UNet2DConditionModel
+    return {"unet": UNet2DConditionModel(UNet2DConditionConfig.from_diffusers(configs["unet"])),
             "vae": AutoencoderKL(AutoencoderKLConfig.from_diffusers(configs["vae"])),
-            "text_encoder": _build_text_encoder(configs["text_encoder"])}
-
-
-def _build_unet(config: dict) -> nn.Module:
-    from diffusers import UNet2DConditionModel
-    return UNet2DConditionModel.from_config(config)
-
-
-def _build_text_encoder(config: dict) -> nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel
-    return CLIPTextModel(CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_")}))
+            "text_encoder": CLIPTextModel(CLIPTextConfig.from_transformers(configs["text_encoder"]))}
 
 
 def _default_config_source() -> dict:
@@ -369,17 +361,11 @@ def load_sd_checkpoint(path: str | os.PathLike, config: str | os.PathLike | None
 
 # ------------------------------------------------------------------------------------------- sampling
 
-def _unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    out = unet(x, t, encoder_hidden_states=context)
-    return out.sample if hasattr(out, "sample") else out
-
-
 def encode_prompt(modules: SDModules, prompts: list[str]) -> torch.Tensor:
     """Token ids padded to 77 -> the text encoder's last hidden state (B, 77, width): the UNet's context."""
     ids = modules.tokenizer(prompts, padding="max_length", max_length=modules.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids
-    out = modules.text_encoder(ids.to(next(modules.text_encoder.parameters()).device))
-    return out[0] if isinstance(out, (tuple, list)) or hasattr(out, "last_hidden_state") else out
+    return modules.text_encoder(ids.to(next(modules.text_encoder.parameters()).device)).last_hidden_state
 
 
 @torch.no_grad()
@@ -405,7 +391,7 @@ def generate(modules: SDModules, prompt: str, generator: torch.Generator, num_in
     x = torch.randn(shape, generator=generator, dtype=context.dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(torch.cat([x, x]), t)
-        eps = cfg_combine(*_unet_eps(modules.unet, model_input, t, context).chunk(2), guidance_scale)
+        eps = cfg_combine(*modules.unet(model_input, t, context).chunk(2), guidance_scale)
         x = scheduler.step(eps, t, x).prev_sample
     image = modules.vae.decode(x / modules.vae_scaling_factor)
     return (image / 2 + 0.5).clamp(0, 1)
