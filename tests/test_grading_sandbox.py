@@ -355,15 +355,17 @@ def test_instructor_without_root_gets_the_sandbox_too(tmp_path):
     assert done.stdout.startswith("1000 None namespaces") and "instructor's uid" in done.stdout, done.stdout
 
 
-def _start_launcher(course: Course, tmp_path: Path, code: str):
+def _start_launcher(course: Course, tmp_path: Path, code: str, settings: dict | None = None,
+                    student: str = "probe"):
     """The launcher of kernel_config, running ``python -c code`` instead of ipykernel in a fresh working folder."""
     import subprocess
 
-    workdir = course.autograded_dir / "probe" / "toy"
+    workdir = course.autograded_dir / student / "toy"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    policy = sandbox._policy(course, workdir, SandboxSettings(level="namespaces", processes=PROCESSES),
-                             [sandbox.interpreter(), "-c", code])
+    settings = SandboxSettings(**(settings or {"level": "namespaces", "processes": PROCESSES}))
+    policy = {**sandbox._policy(course, workdir, settings, [sandbox.interpreter(), "-c", code]),
+              "init_pidfile": str(tmp_path / "init.pid")}
     (tmp_path / "policy.json").write_text(json.dumps(policy))
     proc = subprocess.Popen([sys.executable, "-I", sandbox.__file__, "--policy", str(tmp_path / "policy.json")],
                             cwd=workdir, start_new_session=True)
@@ -401,8 +403,145 @@ def test_limits_signals_and_death_with_the_parent(batch, tmp_path):
     proc, workdir = _start_launcher(course, tmp_path, "import time; open('up', 'w').write('1'); time.sleep(600)")
     _wait_for(workdir / "up")
     inside = psutil.Process(proc.pid).children(recursive=True)
-    assert len(inside) == 2, f"expected init and the kernel under the launcher, got {inside}"
+    assert len(inside) == 3, f"expected bwrap, its init and the kernel under the launcher, got {inside}"
     proc.kill()
     proc.wait(30)
     gone, alive = psutil.wait_procs(inside, timeout=10)
     assert not alive, f"still running after the launcher was killed: {alive}"
+
+
+# ------------------------------------------------------------------ allow-list, byte cap, run memory cap
+
+def _run_launcher(course: Course, tmp_path: Path, code: str, timeout: float = 120, **settings):
+    """Run ``python -c code`` in the sandbox to its end; returns (exit code, working folder, policy)."""
+    policy_settings = {"level": "namespaces", "processes": PROCESSES, **settings}
+    proc, workdir = _start_launcher(course, tmp_path, code, policy_settings)
+    return proc.wait(timeout), workdir, json.loads((tmp_path / "policy.json").read_text())
+
+
+ISOLATION_CODE = r'''
+import json, os, sys
+decoys, allowed, writable = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+report = {"visible": {}, "listed": {}, "unexpected": [], "written": []}
+for path in decoys:
+    report["visible"][path] = os.path.exists(path) or os.path.lexists(path)
+    try:
+        report["listed"][path] = os.path.basename(path) in os.listdir(os.path.dirname(path))
+    except OSError:
+        report["listed"][path] = False
+def inside(path):
+    return any(path == a or path.startswith(a.rstrip("/") + "/") for a in allowed)
+def above(path):
+    return any(a.startswith(path.rstrip("/") + "/") for a in allowed)
+stack = ["/"]
+while stack:  # every folder outside the allow-list must only lead to it
+    folder = stack.pop()
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if inside(path):
+            continue
+        if above(path) and os.path.isdir(path) and not os.path.islink(path):
+            stack.append(path)
+        elif not (os.path.islink(path) and folder == "/"):
+            report["unexpected"].append(path)
+for folder in sorted({*allowed, "/", "/root", os.path.dirname(os.getcwd())}):
+    try:
+        with open(os.path.join(folder, "written-by-student"), "w") as handle:
+            handle.write("x")
+        report["written"].append(folder)
+    except OSError:
+        pass
+open("report.json", "w").write(json.dumps(report))
+'''
+
+
+def test_kernel_sees_only_the_allow_list_and_no_other_clone_of_the_course(batch, tmp_path_factory):
+    """Decoy clones of the course (solutions inside) outside the course root -- in another temporary folder, a
+    sibling of the course, the home folder and /var/tmp -- are neither visible nor listed; /etc/passwd and the
+    rest of the machine do not exist; only the kernel's folder and its private /tmp take writes."""
+    import site
+    import uuid
+
+    import course_lib
+
+    course, _ = batch
+    tag = uuid.uuid4().hex[:8]
+    decoy_roots = [tmp_path_factory.mktemp("last-term") / "course", course.root.parent / f"course-backup-{tag}",
+                   Path.home() / f"decoy-course-{tag}", Path("/var/tmp") / f"decoy-course-{tag}"]
+    try:
+        decoys = []
+        for root in decoy_roots:
+            (root / "solutions" / "toy").mkdir(parents=True)
+            (root / "solutions" / "toy" / "toy.ipynb").write_text("BEGIN HIDDEN TESTS")
+            decoys += [str(root), str(root / "solutions" / "toy" / "toy.ipynb")]
+        decoys += ["/etc/passwd", "/etc/shadow", "/etc", "/home", "/opt", str(course.root / "nbgrader_config.py"),
+                   str(course.source_dir), str(course.workspace / "gradebook.db"), str(Path.home() / ".bashrc")]
+        workdir = course.autograded_dir / "probe" / "toy"
+        # what the kernel may see, stated independently of the sandbox's own list
+        python = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, *site.getsitepackages())}
+        system = {p for p in ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64") if os.path.isdir(p)
+                  and not os.path.islink(p)} | {shutil.which(t) for t in ("prlimit", "setpriv", "unshare")}
+        allowed = sorted({*python, *system, str(Path(course_lib.__file__).parent), str(workdir), "/tmp", "/var/tmp",
+                          "/dev", "/proc"})
+        writable = [str(workdir), "/tmp", "/var/tmp"]
+        code = ISOLATION_CODE.replace("sys.argv[1]", repr(json.dumps(decoys))).replace(
+            "sys.argv[2]", repr(json.dumps(allowed))).replace("sys.argv[3]", repr(json.dumps(writable)))
+        exit_code, workdir, _ = _run_launcher(course, tmp_path_factory.mktemp("policy"), code)
+    finally:
+        for root in decoy_roots:
+            shutil.rmtree(root, ignore_errors=True)
+    assert exit_code == 0, f"the isolation probe failed (exit {exit_code})"
+    report = json.loads((workdir / "report.json").read_text())
+    assert not [p for p, seen in report["visible"].items() if seen], report["visible"]
+    assert not [p for p, listed in report["listed"].items() if listed], report["listed"]
+    assert report["unexpected"] == [], f"visible outside the allow-list: {report['unexpected'][:20]}"
+    assert sorted(report["written"]) == sorted(writable), "writes outside the kernel's own folders"
+
+
+def test_bytes_written_per_submission_are_capped(batch, tmp_path):
+    """One file cannot pass the cap (RLIMIT_FSIZE: the write stops at it), and many files together stop the sandbox: the writer
+    that tries 64x the cap is killed long before, and limit.txt says why."""
+    course, _ = batch
+    cap = 8 << 20
+    code = ("import errno, os\ntry:\n    open('big', 'wb').write(bytes(cap + 4096))\n"
+            "except OSError as err:\n    assert err.errno == errno.EFBIG, err\n"
+            "if os.path.getsize('big') <= cap:\n    os.remove('big')\n"
+            "for i in range(64 * cap >> 20):\n    with open(f'part{i}', 'wb') as f:\n        f.write(bytes(1 << 20))\n"
+            "        f.flush()\n        os.fsync(f.fileno())\nopen('finished', 'w').write('1')").replace("cap", str(cap))
+    exit_code, workdir, _ = _run_launcher(course, tmp_path, code, write_bytes=cap)
+    assert not (workdir / "big").exists() and not (workdir / "finished").exists(), "the writer was not stopped"
+    assert exit_code == 128 + 9, f"expected the sandbox killed, got exit {exit_code}"
+    assert "wrote more than" in (tmp_path / "limit.txt").read_text()
+    written = sum(p.stat().st_size for p in workdir.iterdir())
+    assert written < 32 * cap, f"{written} bytes written past a cap of {cap}"
+
+
+def test_one_memory_cap_for_all_kernels_of_a_run(batch, tmp_path):
+    """The run's cgroup: each of two kernels may hold 128 MiB alone, not both at once under a 192 MiB cap."""
+    import time
+
+    course, _ = batch
+    cap = 192 << 20
+    folder = sandbox.run_cgroup(cap)
+    if folder is None:
+        pytest.skip("no writable cgroup here (cgroup v2 with the memory controller delegated, or cgroup v1's memory "
+                    "hierarchy): the run memory cap cannot be tested on this machine")
+    limit_file = "memory.max" if os.path.exists(os.path.join(folder, "memory.max")) else "memory.limit_in_bytes"
+    assert int(Path(folder, limit_file).read_text()) == cap
+    hold = ("import time\nblock = b'x' * (128 << 20)\nopen('holding', 'w').write('1')\ntime.sleep({seconds})\n"
+            "open('done', 'w').write('1')")
+    settings = {"level": "namespaces", "processes": PROCESSES, "run_cgroup": folder, "run_memory_bytes": cap}
+    alone, workdir, _ = _run_launcher(course, tmp_path, hold.format(seconds=0), **settings)
+    assert alone == 0 and (workdir / "done").exists(), f"128 MiB alone under the cap failed (exit {alone})"
+    procs = []
+    for student in ("first", "second"):
+        (tmp_path / student).mkdir()
+        procs.append(_start_launcher(course, tmp_path / student, hold.format(seconds=6), settings, student))
+    deadline = time.monotonic() + 60
+    codes = [None, None]
+    while None in codes and time.monotonic() < deadline:
+        codes = [proc.poll() for proc, _ in procs]
+        time.sleep(0.1)
+    done = [(workdir / "done").exists() for _, workdir in procs]
+    assert None not in codes and done != [True, True], f"both held 128 MiB under a {cap >> 20} MiB cap: {codes}"
+    assert 128 + 9 in codes, f"expected a kernel killed by the OOM killer, got exits {codes}"
