@@ -11,8 +11,10 @@ Course directory = this repository:
         status.json                                per-submission autograde status (course_lib.grading)
 
 Use `python -m course_lib.grading <command>` (it sets COURSE_AUTOGRADE=1 while autograding, which makes the
-notebooks skip their training cells and grade the weights the student submitted). The plain `nbgrader` CLI
-works from the repo root too, with this same layout.
+notebooks skip their training cells and grade the weights the student submitted, and runs every submission in a
+sandboxed kernel). Plain nbgrader reads this same layout, but `nbgrader autograde`, `nbgrader validate` and
+formgrader's Autograde button stop with a message naming the course command (section 5); formgrader's
+assignment list, grades, manual grading and feedback work, on a fresh clone too.
 
 Environment variables (read when nbgrader loads this file):
     COURSE_GRADING_DIR   the grading workspace (default: <repo>/grading); tests point it at a temporary folder
@@ -77,3 +79,10 @@ c.ExecutePreprocessor.timeout = c.Execute.timeout
 
 # 4. Autograde: tests and locked cells are always replaced by the gradebook's copy (students cannot edit them).
 c.Autograde.create_student = True
+
+# 5. Plain nbgrader and formgrader (course_lib/grading/plain.py): the workspace and an exchange folder are made
+# here (formgrader on a fresh clone), `alembic` is found next to this interpreter; and unless course_lib.grading
+# is the one loading this file, autograde and validate are refused, naming `python -m course_lib.grading ...`.
+from course_lib.grading import plain  # noqa: E402
+
+plain.configure(c, WORKSPACE)

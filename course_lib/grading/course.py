@@ -162,7 +162,8 @@ class Course:
     def environment(self) -> dict[str, str]:
         """The variables nbgrader_config.py reads; child processes get them so they see the same course."""
         return {"COURSE_GRADING_DIR": str(self.workspace), "COURSE_RELEASE_DIR": str(self.release_dir),
-                "COURSE_CELL_TIMEOUT": str(self.cell_timeout)}
+                "COURSE_CELL_TIMEOUT": str(self.cell_timeout),
+                "COURSE_GRADING_TOOL": "1"}  # course_lib.grading runs nbgrader (plain.py: else it refuses)
 
     def config(self):
         """nbgrader_config.py, loaded for this course's workspace, release folder and timeout (a traitlets Config)."""
