@@ -238,3 +238,42 @@ def test_colab_check_sees_a_raised_floor(tmp_path):
     assert Version(term) > Version(colab), "pick another package whose term version is newer than Colab's"
     reqs = [r for r in _pyproject_requirements([]) if r.name != "transformers"] + [Requirement(f"transformers>={term},<6")]
     assert colab_install_changes(tmp_path, reqs)["transformers"] == (colab, term)
+
+
+# ---- the setup cell ------------------------------------------------------------------------------------------
+
+def _course_notebooks():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import course_notebooks
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    return course_notebooks
+
+
+@pytest.mark.parametrize("ipywidgets, manager", [("7.7.1", False), ("8.1.9", True)])
+def test_setup_cell_on_colab_pins_colab_torch_and_enables_widgets_8(monkeypatch, ipywidgets, manager):
+    import importlib.metadata
+    import shlex
+    import types
+    tool = _course_notebooks()
+    course = tool.setting(ROOT)
+    calls, enabled = [], []
+    colab = types.ModuleType("google.colab")
+    colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: enabled.append(True))
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    installed = {"torch": "2.11.0+cu128", "ipywidgets": ipywidgets}
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: installed[name])
+    shell = types.SimpleNamespace(run_line_magic=lambda magic, line: calls.append((magic, shlex.split(line))))
+    exec(tool.setup_source(course, "sd"), {"get_ipython": lambda: shell})
+    (magic, args), = calls
+    assert magic == "pip" and args[0] == "install" and args[2] == "torch==2.11.0+cu128"
+    req = Requirement(args[1])
+    assert (req.name, req.extras, req.url) == ("course_lib", {"sd"}, f"git+{course['repository']}@{course['tag']}")
+    assert enabled == ([True] if manager else [])
+
+
+def test_setup_cell_does_nothing_outside_colab(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(_course_notebooks().setup_source(_course_notebooks().setting(ROOT), None), {"get_ipython": None})

@@ -128,6 +128,23 @@ POLICIES = {
                    "forbidden": ["course_lib.lora.lora_parameter_count", "course_lib.lora.count_trainable_parameters"]},
         "save_lora_weights": {"tests": ["test_export"], "forbidden": ["course_lib.lora.save_lora"]},
     },
+    "a7_clip_text": {
+        "pad_tokens": {"tests": ["test_pad_tokens"],
+                       "forbidden": ["transformers.CLIPTokenizer", "transformers.CLIPTokenizerFast",
+                                     "transformers.AutoTokenizer"]},
+        "embeddings": {"tests": ["test_embeddings"],
+                       "forbidden": ["course_lib.models.clip_text.CLIPTextEmbeddings", "transformers.models.clip"]},
+        "attention": {"tests": ["test_attention"],
+                      "forbidden": ["course_lib.models.clip_text.CLIPAttention", "course_lib.models.clip_text.causal_mask",
+                                    "torch.nn.MultiheadAttention", "transformers.models.clip"]},
+        "encoder_layer": {"tests": ["test_encoder_layer"],
+                          "forbidden": ["course_lib.models.clip_text.CLIPEncoderLayer", "course_lib.models.clip_text.CLIPMLP",
+                                        "course_lib.models.clip_text.quick_gelu", "torch.nn.TransformerEncoderLayer",
+                                        "transformers.models.clip", "transformers.activations"]},
+        "text_model": {"tests": ["test_last_hidden_state", "test_pooled"],
+                       "forbidden": ["course_lib.models.clip_text.CLIPTextModel", "course_lib.models.clip_text.pooled_positions",
+                                     "transformers.CLIPTextModel", "transformers.models.clip"]},
+    },
 }
 
 # Modules whose functions the guard snapshots when the source notebook imports them (plus these three always).
