@@ -26,8 +26,6 @@ blur, brightness, slight tilt), so it judges shape and colour rather than pixel-
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import time
 from contextlib import contextmanager
@@ -41,8 +39,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from course_lib._checks import check_int, check_shape_dim, check_tensor
+from course_lib._config import JSONConfig
 from course_lib._io import atomic_write_json, load_pretrained, save_pretrained
 from course_lib.data import COLOURS, SHAPES, render_shapes, shapes_batch
+from course_lib.train import cosine_schedule_with_warmup
 
 __all__ = [
     "EvaluatorConfig", "ShapeEvaluator", "train_evaluator", "get_evaluator", "Classification", "classify",
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # Bump when the training recipe changes, so that get_evaluator does not reuse an evaluator trained the old way.
-EVALUATOR_VERSION = 1
+EVALUATOR_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def _check_names(name: str, value) -> tuple[str, ...]:
 
 
 @dataclass
-class EvaluatorConfig:
+class EvaluatorConfig(JSONConfig):
     """Shape of the evaluator CNN.
 
     image_size     S: the evaluator judges (B, 3, S, S) images; must be divisible by 2 ** len(channels)
@@ -94,20 +94,6 @@ class EvaluatorConfig:
         check_int("feature_dim", self.feature_dim, minimum=1)
         self.shapes = _check_names("shapes", self.shapes)
         self.colours = _check_names("colours", self.colours)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EvaluatorConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"d must be a dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"d has unknown EvaluatorConfig keys {unknown}; allowed keys are {sorted(known)}")
-        return cls(**d)
 
 
 class ShapeEvaluator(nn.Module):
@@ -221,13 +207,6 @@ def _check_device(device) -> torch.device:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
 
 
-def _learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 0."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 def train_evaluator(num_train: int = 4000, steps: int = 300, seed: int = 0, image_size: int = 32,
                     device: str | torch.device = "cpu", progress: bool = True, batch_size: int = 64,
                     num_test: int = 1000, config: EvaluatorConfig | None = None, num_threads: int | None = 1
@@ -290,10 +269,9 @@ def _fit(config: EvaluatorConfig, num_train: int, steps: int, seed: int, batch_s
     evaluator.to(device).train()
     images, shapes, colours = _render_training_images(num_train, config.image_size, generator)
     optimizer = torch.optim.AdamW(evaluator.parameters(), lr=3e-3, weight_decay=1e-4)
+    lr_scheduler = cosine_schedule_with_warmup(optimizer, min(50, steps // 10 + 1), steps)  # the course's warm-up
     bar = tqdm(range(steps), desc="training the shape evaluator", disable=not progress)
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, peak=3e-3, warmup=min(50, steps // 10 + 1))
         idx = torch.randint(num_train, (batch_size,), generator=generator)
         x = _augment(images[idx], generator).to(device)
         shape_logits, colour_logits = evaluator(x)
@@ -302,6 +280,7 @@ def _fit(config: EvaluatorConfig, num_train: int, steps: int, seed: int, batch_s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr_scheduler.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return evaluator.eval().requires_grad_(False), loss.item()
 

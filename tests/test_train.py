@@ -17,8 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.train import (EMA, TrainHistory, TrainingDivergedError, cosine_schedule_with_warmup,
-                              latest_checkpoint, load_checkpoint, save_checkpoint, train_loop)
+from course_lib.checkpoint import checkpoint_step, copy_checkpoints
+from course_lib.train import (EMA, TrainHistory, TrainingDivergedError, constant_schedule_with_warmup,
+                              cosine_schedule_with_warmup, latest_checkpoint, load_checkpoint, save_checkpoint,
+                              train_loop, warmup_factor)
 from _numerics import TEST_THREADS  # tests/_numerics.py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -358,6 +360,38 @@ def test_keep_last_prunes_older_checkpoints(trainer, tmp_path):
     assert _checkpoint_steps(tmp_path / "all") == [1, 2, 3, 4]
 
 
+
+def test_copy_checkpoints_mirrors_complete_checkpoints_and_prunes(trainer, tmp_path):
+    trainer.run(tmp_path / "run", 6, checkpoint_every=2, keep_last=None)
+    (tmp_path / "run" / "checkpoint-00000099").mkdir()  # a write that never finished: no manifest
+    copy_checkpoints(tmp_path / "run", tmp_path / "drive", keep_last=2)
+    assert _checkpoint_steps(tmp_path / "drive") == [4, 6]
+    assert [p.name for p in (tmp_path / "drive").iterdir() if p.name.startswith(".")] == []
+    for step in (4, 6):
+        name = f"checkpoint-{step:08d}"
+        for file in (tmp_path / "run" / name).iterdir():
+            assert (tmp_path / "drive" / name / file.name).read_bytes() == file.read_bytes()
+    assert latest_checkpoint(tmp_path / "drive").name == "checkpoint-00000006"  # manifest and hashes check out
+    assert checkpoint_step(tmp_path / "drive" / "checkpoint-00000006") == 6
+
+
+def test_train_loop_custom_checkpoint_fn_and_quiet_progress(trainer, tmp_path, capsys):
+    """checkpoint_fn replaces save_checkpoint (a multi-process run writes on one process only: None elsewhere)."""
+    calls = []
+
+    def only_records(folder, step, modules, *args, **kwargs):
+        calls.append((step, sorted(modules), kwargs["extra"]["loss_history"][:]))
+        return None
+
+    model, optimizer, lr_scheduler, generator, _ = trainer.build()
+    history = train_loop(trainer.make_step_fn(model), 4, modules={"model": model}, optimizer=optimizer,
+                         generator=generator, checkpoint_dir=tmp_path / "none", checkpoint_every=2,
+                         checkpoint_fn=only_records, progress=False)
+    assert [(step, names) for step, names, _ in calls] == [(2, ["model"]), (4, ["model"])]
+    assert calls[1][2] == history.losses and history.checkpoint is None and not (tmp_path / "none").exists()
+    assert "train" not in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ schedule
 
 def test_cosine_schedule_matches_diffusers():
@@ -376,6 +410,30 @@ def test_cosine_schedule_matches_diffusers():
     assert lrs[0] == pytest.approx(lrs[1], abs=1e-12)
     assert lrs[0][0] == 0.0 and lrs[0][4] == 0.5 and lrs[0][20] == pytest.approx(0.0, abs=1e-12)
     assert lrs[0][12] == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 8 / 16)))
+
+
+def _lrs_seen(make_scheduler, steps: int, lr: float = 0.5) -> list[float]:
+    """The lr each of ``steps`` optimizer updates used."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler, seen = make_scheduler(optimizer), []
+    for _ in range(steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+def test_one_warmup_rule_update_s_uses_s_over_w():
+    """Update s (0-based) of a W-step warm-up uses lr0 * s / W: 0, lr0/4, lr0/2, 3 lr0/4, then lr0 (W = 4), in
+    both schedules, as diffusers' get_constant_schedule_with_warmup / get_cosine_schedule_with_warmup."""
+    from diffusers.optimization import get_constant_schedule_with_warmup
+    expected = [0.0, 0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
+    assert [warmup_factor(s, 4) * 0.5 for s in range(7)] == expected
+    constant = _lrs_seen(lambda o: constant_schedule_with_warmup(o, warmup_steps=4), 7)
+    assert constant == pytest.approx(expected, abs=1e-12)
+    assert constant == pytest.approx(_lrs_seen(lambda o: get_constant_schedule_with_warmup(o, 4), 7), abs=1e-12)
+    assert _lrs_seen(lambda o: cosine_schedule_with_warmup(o, 4, 100), 5) == pytest.approx(expected[:5], abs=1e-12)
+    assert _lrs_seen(lambda o: constant_schedule_with_warmup(o, warmup_steps=0), 2) == [0.5, 0.5]
 
 
 def test_train_loop_history_and_progress(trainer, tmp_path):
@@ -454,6 +512,12 @@ BAD_INPUTS = [
     ("callback", lambda tmp: _loop(callback="print")),
     ("keep_last", lambda tmp: _loop(keep_last=0, checkpoint_dir=tmp)),
     ("ema", lambda tmp: _loop(ema=0.999)),
+    ("checkpoint_fn", lambda tmp: _loop(checkpoint_fn="save")),
+    ("progress", lambda tmp: _loop(progress="yes")),
+    ("warmup_steps", lambda tmp: constant_schedule_with_warmup(_opt(), warmup_steps=-1)),
+    ("target", lambda tmp: copy_checkpoints(tmp, 3)),
+    ("keep_last", lambda tmp: copy_checkpoints(tmp, tmp / "copy", keep_last=0)),
+    ("path", lambda tmp: checkpoint_step(tmp / "ckpt-3")),
     ("ema", lambda tmp: _loop(ema=EMA(_model()), modules={"ema": _model()})),
     ("num_steps", lambda tmp: _loop(num_steps=0, resume=save_checkpoint(tmp, 5, {"model": _model()},
                                                                       optimizer=_opt()))),
