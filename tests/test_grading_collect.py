@@ -75,6 +75,16 @@ def test_canvas_download(toy, tmp_path):
     assert all(r["submitted_at"] == "" for r in rows.values()), "Canvas file names carry no time"
 
 
+WORKSHEET = """Identifier,Full name,Email address,Status,Grade,Maximum Grade,Grade can be changed,\
+Last modified (submission),Last modified (grade),Feedback comments
+Participant 1001,Jane Smith,jane@example.org,Submitted for grading,,3.00,Yes,"Saturday, 14 March 2026, 10:22 AM",-,
+Participant 1002,José Núñez,jose@example.org,Submitted for grading - Assignment was submitted 1 day 9 hours late,\
+,3.00,Yes,"Monday, 16 March 2026, 9:05 PM",-,
+Participant 1003,Bob Lee,bob@example.org,Submitted for grading,,3.00,Yes,"Sunday, 15 March 2026, 9:00 AM",-,
+Participant 1004,Ann Ho,ann@example.org,No submission,,3.00,Yes,-,-,
+"""
+
+
 def test_moodle_download_with_spaces_and_accents(toy, tmp_path):
     folder = "Jane Smith_1001_assignsubmission_file_/"
     download = _zip(tmp_path / "COURSE-Toy-12345.zip", {
@@ -84,6 +94,7 @@ def test_moodle_download_with_spaces_and_accents(toy, tmp_path):
         "Bob Lee_1003_assignsubmission_onlinetext_/onlinetext.html": "<p>see my notebook</p>",
         "Bob Lee_1003_assignsubmission_file_/toy.ipynb": NB,
         "Ann Ho_1004_assignsubmission_file_toy.ipynb": NB,  # older Moodle: flat, no folders
+        "Grades-TOY-Toy-12345.csv": WORKSHEET,  # the grading worksheet, downloaded beside the submissions
     })
     report = collect(toy, download, "toy")
     assert (report.layout, report.detected) == ("moodle", True)
@@ -94,12 +105,21 @@ def test_moodle_download_with_spaces_and_accents(toy, tmp_path):
     jose = report.submissions["Jose-Nunez"]
     assert (jose.name, jose.lms_id) == ("José Núñez", "1002")
     assert "'José Núñez'" in " ".join(jose.notes) and "'toy (1).ipynb' stored as 'toy.ipynb'" in " ".join(jose.notes)
+    assert "read as Moodle's grading worksheet" in " ".join(report.notes) and not report.ignored
     rows = _rows(toy, tmp_path)
     assert rows["Jose-Nunez"]["name"] == "José Núñez" and rows["Jane-Smith"]["lms_id"] == "1001"
+    assert {s: (r["submitted_at"], r["late"]) for s, r in rows.items()} == {
+        "Jane-Smith": ("2026-03-14T10:22:00", ""), "Jose-Nunez": ("2026-03-16T21:05:00", "yes"),
+        "Bob-Lee": ("2026-03-15T09:00:00", ""), "Ann-Ho": ("", "")}
     # a download holding a single student's folder: that folder is the student, not a wrapper
     single = _zip(tmp_path / "one.zip", {folder + "toy.ipynb": OTHER_NB})
-    assert sorted(collect(toy, single, "toy").students) == ["Jane-Smith"]
+    (tmp_path / "worksheet.csv").write_text(WORKSHEET)  # the worksheet downloaded on its own
+    assert sorted(collect(toy, single, "toy", worksheet=tmp_path / "worksheet.csv").students) == ["Jane-Smith"]
     assert (toy.submission_dir("Jane-Smith", "toy") / "toy.ipynb").read_text() == OTHER_NB
+    assert load_roster(toy, "toy")["Jane-Smith"].submitted_at == "2026-03-14T10:22:00"
+    (tmp_path / "other.csv").write_text("student,grade\nx,1\n")
+    with pytest.raises(ValueError, match="worksheet must be Moodle's grading worksheet"):
+        collect(toy, single, "toy", layout="moodle", worksheet=tmp_path / "other.csv")
 
 
 RECEIPT = """Name: {name} ({user})
@@ -192,6 +212,7 @@ def test_no_submission_without_a_row(toy, tmp_path):
         "bob_toy copy.ipynb": NB,  # two copies and no original: which one? say so
         "bob_toy (1).ipynb": OTHER_NB,
         "Jane Doe/toy.ipynb": NB,  # a folder name with a space
+        "Kim Lee_toy.ipynb": NB,  # ... and a flat file name with one
         "Jane-Doe/toy.ipynb": OTHER_NB,  # ... and another student, whose id it would normalise to
         "carol/submission.zip": inner.getvalue(),  # the notebook inside a zip
         "dave/toy.ipynb": b"payload-of-dave " + NB.encode(),  # an unreadable member (bad CRC)
@@ -206,7 +227,7 @@ def test_no_submission_without_a_row(toy, tmp_path):
     assert statuses == {
         "alice": "collected", "bob": "failed-ambiguous-notebooks", "carol": "collected",
         "dave": "failed-unreadable-archive", "eve": "failed-conflicting-files", "frank": "failed-unreadable-archive",
-        "Jane-Doe": "collected", "Jane-Doe-2": "collected", "mallory": "failed-unsafe-path"}, report.summary()
+        "Jane-Doe": "collected", "Jane-Doe-2": "collected", "Kim-Lee": "collected", "mallory": "failed-unsafe-path"}, report.summary()
     assert (toy.submission_dir("alice", "toy") / "toy.ipynb").read_text() == NB
     assert report.students["carol"] == ["toy.ipynb", "weights.txt"]
     assert (toy.submission_dir("Jane-Doe", "toy") / "toy.ipynb").read_text() == OTHER_NB

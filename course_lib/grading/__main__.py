@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "named groups student (required), file, submitted, late, name, lms_id")
     p.add_argument("--time-format", help="strptime format of the pattern's 'submitted' group (default ISO 8601)")
     p.add_argument("--due", help="deadline (ISO 8601, the LMS's clock): later submissions are marked late")
+    p.add_argument("--worksheet", help="Moodle's grading worksheet (CSV) for submission times and late status, if "
+                                       "it is not inside the download")
 
     p = commands.add_parser("autograde", help="autograde every collected submission, one process per student",
                             description="Each submission is graded in its own process with COURSE_AUTOGRADE=1 "
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     course = Course(workspace=args.workspace)
     if args.command == "collect":
         print(collect(course, args.path, args.assignment, layout=args.layout, pattern=args.pattern,
-                      time_format=args.time_format, due=args.due).summary())
+                      time_format=args.time_format, due=args.due, worksheet=args.worksheet).summary())
         return 0
     handler = {"release": _release, "autograde": _autograde, "feedback": _feedback, "export": _export}
     return handler[args.command](course, args)

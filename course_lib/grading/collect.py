@@ -264,7 +264,9 @@ def _gather(items: dict, problems: dict, layout: Layout, report: CollectReport,
     entries: list[tuple[str, Entry | None, Path | None, tuple | None]] = []
     for rel, path in sorted(items.items()):
         entry = layout.parse(rel)
-        if entry is None:
+        if rel in layout.used:
+            report.notes.append(f"{prefix + rel}: {layout.used[rel]}")
+        elif entry is None:
             report.ignored.append((prefix + rel, f"does not fit the {layout.name} layout ({layout.description})"))
         else:
             entries.append((rel, entry, path, None))
@@ -394,7 +396,7 @@ def course_expected(course: Course, assignment: str) -> list[str]:
 
 
 def collect(course: Course, path, assignment: str | None = None, layout: str = "auto", pattern: str | None = None,
-            time_format: str | None = None, due: str | None = None) -> CollectReport:
+            time_format: str | None = None, due: str | None = None, worksheet=None) -> CollectReport:
     """Unpack the submissions in ``path`` (a folder or a zip) into the workspace; see the module docstring.
 
     layout       auto, canvas, moodle, blackboard or generic (see ``course_lib.grading.lms``)
@@ -402,6 +404,7 @@ def collect(course: Course, path, assignment: str | None = None, layout: str = "
                  against each path in the download; replaces ``layout``
     time_format  strptime format of the pattern's ``submitted`` group (default: ISO 8601)
     due          the deadline (ISO 8601, the LMS's clock): a submission with a later time is marked late
+    worksheet    Moodle's grading worksheet (CSV), if it is not in the download: submission times, late status
     """
     source = Path(path)
     if not source.exists() or not (source.is_dir() or zipfile.is_zipfile(source)):
@@ -409,6 +412,8 @@ def collect(course: Course, path, assignment: str | None = None, layout: str = "
     assignment = _infer_assignment(course, source) if assignment is None else assignment
     course.check_assignment(assignment)
     due = parse_time(due) if due is not None else None
+    if worksheet is not None and not Path(worksheet).is_file():
+        raise ValueError(f"worksheet must be Moodle's grading worksheet (a .csv file), got {str(worksheet)!r}")
     expected = course_expected(course, assignment)
     report = CollectReport(assignment)
     with tempfile.TemporaryDirectory(prefix="collect-") as scratch:
@@ -423,7 +428,7 @@ def collect(course: Course, path, assignment: str | None = None, layout: str = "
         probe = make_layout("generic", assignment, {}, pattern, time_format)
         items, problems, prefix = _unwrap(items, problems,
                                           lambda top, now: _is_student_folder(top, now, probe, assignment))
-        chosen = make_layout(layout, assignment, items, pattern, time_format)
+        chosen = make_layout(layout, assignment, items, pattern, time_format, worksheet)
         report.layout, report.detected = chosen.name, layout == "auto" and pattern is None
         seen = {}
         for student, (sub, files) in sorted(_gather(items, problems, chosen, report, prefix).items()):

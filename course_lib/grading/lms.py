@@ -16,7 +16,8 @@ Layouts (``collect --layout``; ``auto`` picks the LMS layout that reads most of 
                 with named groups: student (required), file, submitted, late, name, lms_id
 
 What each carries: Canvas the late flag (no time); Blackboard the time of the attempt (late if ``--due`` is given);
-Moodle neither (its download has no times); a pattern whatever its groups capture.
+Moodle nothing in its file names, but its grading worksheet (CSV, in the download or ``--worksheet``) gives the
+time ("Last modified (submission)") and a late status; a pattern whatever its groups capture.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def parse_time(text: str, time_format: str | None = None) -> str:
 class Layout:
     name = "?"
     description = ""
+    used: dict[str, str] = {}  # paths of the download the layout read itself (receipts, worksheets) -> what
 
     def prepare(self, items: dict[str, Path | None]) -> None:
         """Look at the whole download first (Blackboard reads its receipts here)."""
@@ -87,6 +89,45 @@ class Moodle(Layout):
     name = "moodle"
     description = "<Full Name>_<participant id>_assignsubmission_<plugin>_/<file> or ..._<plugin>_<file>"
     PREFIX = re.compile(r"^(?P<name>.+?)_(?P<id>\d+)_assignsubmission_(?P<plugin>[a-z]+)_(?P<rest>.*)$")
+    TIME_FORMATS = ("%A, %d %B %Y, %I:%M %p", "%A, %d %B %Y, %H:%M", "%d %B %Y, %I:%M %p", "%d %B %Y, %H:%M")
+
+    def __init__(self, worksheet: Path | None = None):
+        self.times: dict[str, tuple[str | None, bool | None]] = {}  # participant id -> (time, late)
+        self.used = {}
+        if worksheet is not None:
+            self._read_worksheet(Path(worksheet), strict=True)
+
+    def prepare(self, items):
+        for rel, path in items.items():
+            if rel.lower().endswith(".csv") and path is not None and self._read_worksheet(path):
+                self.used[rel] = "read as Moodle's grading worksheet (submission times)"
+
+    def _read_worksheet(self, path: Path, strict: bool = False) -> bool:
+        """Moodle's grading worksheet: Identifier "Participant 1001", "Last modified (submission)", Status."""
+        import csv
+
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            rows = list(csv.DictReader(f))
+        columns = set(rows[0]) if rows else set()
+        if not {"Identifier", "Last modified (submission)"} <= columns:
+            if strict:
+                raise ValueError(f"worksheet must be Moodle's grading worksheet (columns 'Identifier', 'Last "
+                                 f"modified (submission)'), got columns {sorted(columns)} in {str(path)!r}")
+            return False
+        for row in rows:
+            participant = re.sub(r"\D", "", row["Identifier"] or "")
+            status = (row.get("Status") or "").lower()
+            self.times[participant] = (self._time(row["Last modified (submission)"]),
+                                       True if "late" in status else None)
+        return True
+
+    def _time(self, text: str) -> str | None:
+        for time_format in self.TIME_FORMATS:
+            try:
+                return datetime.strptime((text or "").strip(), time_format).isoformat()
+            except ValueError:
+                continue
+        return None  # "-" (no submission) or a format of another locale
 
     def parse(self, rel):
         first, _, inner = rel.partition("/")
@@ -96,7 +137,9 @@ class Moodle(Layout):
         file = inner if inner else match["rest"]  # folder form, or flat form (the rest is the file name)
         if not file or (inner and match["rest"]):
             return None
-        return Entry(match["name"], file, self.name, lms_id=match["id"], name=match["name"])
+        submitted, late = self.times.get(match["id"], (None, None))
+        return Entry(match["name"], file, self.name, lms_id=match["id"], name=match["name"], submitted_at=submitted,
+                     late=late)
 
 
 class Blackboard(Layout):
@@ -108,6 +151,7 @@ class Blackboard(Layout):
 
     def __init__(self):
         self.receipts: dict[str, dict] = {}  # prefix -> {"user", "name", "files": {stored name: original}}
+        self.used = {}
 
     def prepare(self, items):
         for rel, path in items.items():
@@ -144,7 +188,7 @@ def _read_receipt(text: str) -> dict:
 class Generic(Layout):
     name = "generic"
     description = "<student>_<file>, <student>/<files> or <student>/<assignment>/<files>"
-    FLAT = re.compile(r"^(?P<student>[A-Za-z0-9][A-Za-z0-9.-]*)_(?P<file>.+)$")
+    FLAT = re.compile(r"^(?P<student>[^_/]*[A-Za-z0-9][^_/]*)_(?P<file>.+)$")  # the student: up to the first "_"
 
     def __init__(self, assignment: str):
         self.assignment = assignment
@@ -187,20 +231,21 @@ class Pattern(Layout):
 
 
 def make_layout(layout: str, assignment: str, items: dict[str, Path | None], pattern: str | None = None,
-                time_format: str | None = None) -> Layout:
-    """The layout to read ``items`` (path in the download -> file) with; ``auto`` detects it."""
+                time_format: str | None = None, worksheet: Path | None = None) -> Layout:
+    """The layout to read ``items`` (path in the download -> file) with; ``auto`` detects it.
+    ``worksheet``: Moodle's grading worksheet (CSV) downloaded beside the submissions (times, late)."""
     if pattern is not None:
         chosen = Pattern(pattern, time_format)
     elif layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     elif layout == "auto":
         chosen, best = Generic(assignment), 0
-        for candidate in (Canvas(), Moodle(), Blackboard()):
+        for candidate in (Canvas(), Moodle(worksheet), Blackboard()):
             read = sum(candidate.parse(rel) is not None for rel in items)
             if read > best:
                 chosen, best = candidate, read
     else:
         chosen = {"canvas": Canvas, "moodle": Moodle, "blackboard": Blackboard}.get(layout, Generic)
-        chosen = chosen(assignment) if chosen is Generic else chosen()
+        chosen = chosen(assignment) if chosen is Generic else Moodle(worksheet) if chosen is Moodle else chosen()
     chosen.prepare(items)
     return chosen
