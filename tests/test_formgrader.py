@@ -158,6 +158,8 @@ def test_formgrader_on_a_fresh_clone(fresh_clone, tmp_path):
         assert sorted(a["name"] for a in json.loads(body)) == ["toy", "toy2"]
         with sqlite3.connect(root / "grading" / "gradebook.db") as db:  # made on demand, with alembic's version
             assert db.execute("SELECT version_num FROM alembic_version").fetchone()
+        status, body = _request(f"{base}/courses", token)  # the Assignment List tab: no "Error fetching courses!"
+        assert status == 200 and json.loads(body)["success"], body[-2000:]
 
         # the grades course_lib.grading's autograde wrote are the grades formgrader shows (the toy solution
         # without its weights file scores 2 of 3: tests/test_grading.py); isolation is tested elsewhere
