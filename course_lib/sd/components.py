@@ -115,6 +115,12 @@ def _load_scheduler(where: str, kwargs: dict):
     return scheduler_cls.from_config(config)
 
 
+def _diffusers_older_than(version: str) -> bool:
+    from importlib.metadata import version as installed
+    from packaging.version import Version
+    return Version(installed("diffusers")) < Version(version)
+
+
 def load_sd_components(model_id_or_path: str | os.PathLike = DEFAULT_MODEL_ID, revision: str | None = DEFAULT_REVISION,
                        torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                        cache_dir: str | os.PathLike | None = None) -> SDComponents:
@@ -130,10 +136,14 @@ def load_sd_components(model_id_or_path: str | os.PathLike = DEFAULT_MODEL_ID, r
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
     dtype = {} if torch_dtype is None else {"dtype": torch_dtype}  # diffusers and transformers both take dtype=
+    if dtype and _diffusers_older_than("0.40"):  # before 0.40 (e.g. Colab's 0.37) diffusers knows only torch_dtype=
+        dtype_d = {"torch_dtype": torch_dtype}
+    else:
+        dtype_d = dtype
     try:
         components = SDComponents(
-            unet=UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kwargs, **dtype),
-            vae=AutoencoderKL.from_pretrained(where, subfolder="vae", **kwargs, **dtype),
+            unet=UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kwargs, **dtype_d),
+            vae=AutoencoderKL.from_pretrained(where, subfolder="vae", **kwargs, **dtype_d),
             text_encoder=CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **kwargs, **dtype),
             tokenizer=CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **kwargs),
             scheduler=_load_scheduler(where, kwargs),
