@@ -54,11 +54,14 @@ def test_canvas_download(toy, tmp_path):
         "parkkim_555_666_toy.ipynb": NB,
         "parkkim_999_777_toy.ipynb": OTHER_NB,  # two Canvas users with the same name: two students
         "grading notes.txt": "not a Canvas name",
+        "ortiz_toy.ipynb": NB,  # not a Canvas name either, but a student with a notebook: read as <student>_<file>
+        "notes_for_ta.txt": "a flat name without a notebook: no student",
     })
     report = collect(toy, download, "toy")
     assert (report.layout, report.detected) == ("canvas", True)
-    assert sorted(report.students) == ["doejohn", "leeann", "parkkim-555", "parkkim-999", "smithjane"], \
+    assert sorted(report.students) == ["doejohn", "leeann", "ortiz", "parkkim-555", "parkkim-999", "smithjane"], \
         report.summary()
+    assert "ortiz_toy.ipynb is not a canvas name" in " ".join(report.submissions["ortiz"].notes)
     assert report.students["smithjane"] == ["toy.ipynb", "weights.txt"]
     assert (toy.submission_dir("doejohn", "toy") / "toy.ipynb").read_text() == NB
     assert (toy.submission_dir("leeann", "toy") / "toy.ipynb").read_text() == NB
@@ -67,9 +70,10 @@ def test_canvas_download(toy, tmp_path):
     assert "toy copy.ipynb" in " ".join(report.submissions["leeann"].notes)
     assert (toy.submission_dir("parkkim-999", "toy") / "toy.ipynb").read_text() == OTHER_NB
     assert dict(report.ignored)["grading notes.txt"].startswith("does not fit the canvas layout")
+    assert dict(report.ignored)["notes_for_ta.txt"] == "no notebook from a student 'notes'"
     rows = _rows(toy, tmp_path)
     assert {s: (r["late"], r["lms_id"]) for s, r in rows.items()} == {
-        "doejohn": ("yes", "789"), "leeann": ("no", "222"), "parkkim-555": ("no", "555"),
+        "doejohn": ("yes", "789"), "leeann": ("no", "222"), "ortiz": ("", ""), "parkkim-555": ("no", "555"),
         "parkkim-999": ("no", "999"), "smithjane": ("no", "123")}
     assert {r["status"] for r in rows.values()} == {"failed-not-autograded"}
     assert all(r["submitted_at"] == "" for r in rows.values()), "Canvas file names carry no time"

@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 
 from course_lib.grading.autograde import forget_status
 from course_lib.grading.course import STUDENT_ID_PATTERN, Course
-from course_lib.grading.lms import Entry, Layout, Moodle, make_layout, parse_time
+from course_lib.grading.lms import Entry, Generic, Layout, Moodle, make_layout, parse_time
 from course_lib.grading.roster import Submission, load_roster, save_roster
 
 __all__ = ["CollectReport", "Submission", "collect", "load_roster", "normalise_student_id"]
@@ -257,13 +257,15 @@ def _open_archives(files: dict, sub: Submission, scratch: Path) -> dict:
     return files
 
 
-def _gather(items: dict, problems: dict, layout: Layout, report: CollectReport,
-            prefix: str) -> dict[str, tuple[Submission, dict]]:
-    """student id -> (Submission, {stored name: file}) from every item the layout reads (paths in the report are
-    those of the download: ``prefix`` is the wrapping folder)."""
+def _gather(items: dict, problems: dict, layout: Layout, report: CollectReport, prefix: str,
+            fallback: Layout | None = None) -> dict[str, tuple[Submission, dict]]:
+    """student id -> (Submission, {stored name: file}) from every item the layout reads, or else ``fallback``
+    reads (paths in the report are those of the download: ``prefix`` is the wrapping folder)."""
     entries: list[tuple[str, Entry | None, Path | None, tuple | None]] = []
     for rel, path in sorted(items.items()):
         entry = layout.parse(rel)
+        if entry is None and rel not in layout.used and fallback is not None:
+            entry = fallback.parse(rel)
         if rel in layout.used:
             report.notes.append(f"{prefix + rel}: {layout.used[rel]}")
         elif entry is None:
@@ -290,6 +292,8 @@ def _gather(items: dict, problems: dict, layout: Layout, report: CollectReport,
         sub.lms_id, sub.name = sub.lms_id or entry.lms_id, sub.name or entry.name
         if student != entry.student and not any(n.startswith("student id") for n in sub.notes):
             sub.notes.append(f"student id {student!r} made from {entry.student!r}")
+        if entry.lms != layout.name:
+            sub.notes.append(f"{prefix + rel} is not a {layout.name} name: read as {fallback.description}")
         if entry.attempt and entry.attempt != latest[key]:
             sub.notes.append(f"earlier attempt {entry.attempt} not collected ({rel})")
             continue
@@ -431,7 +435,8 @@ def collect(course: Course, path, assignment: str | None = None, layout: str = "
         chosen = make_layout(layout, assignment, items, pattern, time_format, worksheet)
         report.layout, report.detected = chosen.name, layout == "auto" and pattern is None
         seen = {}
-        for student, (sub, files) in sorted(_gather(items, problems, chosen, report, prefix).items()):
+        fallback = Generic(assignment) if chosen.name in ("canvas", "moodle", "blackboard") else None
+        for student, (sub, files) in sorted(_gather(items, problems, chosen, report, prefix, fallback).items()):
             files, aside = _settle(sub, files, expected, Path(scratch), due)
             _store(course, assignment, sub, files, aside)
             seen[student] = sub
