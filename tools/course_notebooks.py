@@ -1,12 +1,9 @@
 """Point every notebook's Colab badge, Colab links and setup cell at the course's repository and term tag.
 
-    python tools/course_notebooks.py            # rewrite lectures/, solutions/, assignments/ from [tool.course]
-    python tools/course_notebooks.py --check    # list the notebooks that differ, exit 1 if any
-    python tools/course_notebooks.py --root EXPORT --repository https://github.com/you/your-course
+    python tools/course_notebooks.py [--check] [--root FOLDER] [--repository URL] [--tag TAG]
 
-The setting is `[tool.course]` in pyproject.toml (repository, tag, setup_extras). The badge is cell 0's (added
-under the title if missing); the setup cell is the code cell tagged `setup`. Rewritten notebooks with a jupytext
-.py twin are synced with `jupytext --sync`.
+The setting is `[tool.course]` in pyproject.toml. The badge is cell 0's (added under the title if missing); the
+setup cell is the code cell tagged `setup`. Rewritten notebooks with a .py twin are synced by jupytext.
 """
 from __future__ import annotations
 
@@ -55,11 +52,6 @@ def setup_source(course: dict, extra: str | None) -> str:
     ])
 
 
-def notebooks(root: Path) -> list[Path]:
-    found = [*root.glob("lectures/*.ipynb"), *root.glob("solutions/*/*.ipynb"), *root.glob("assignments/*/*.ipynb")]
-    return sorted(p for p in found if ".ipynb_checkpoints" not in p.parts)
-
-
 def rewrite(path: Path, root: Path, course: dict) -> tuple[dict, list[str]]:
     """The notebook as the setting wants it, and what changed. Solutions' badges open the students' release."""
     nb, changed = json.loads(path.read_text()), []
@@ -87,7 +79,8 @@ def rewrite(path: Path, root: Path, course: dict) -> tuple[dict, list[str]]:
 def apply(root: Path, course: dict, check: bool = False) -> dict[Path, list[str]]:
     """Rewrite (with check=True only list) the notebooks that differ from the setting."""
     differ = {}
-    for path in notebooks(root):
+    for path in sorted([*root.glob("lectures/*.ipynb"), *root.glob("solutions/*/*.ipynb"),
+                        *root.glob("assignments/*/*.ipynb")]):
         nb, changed = rewrite(path, root, course)
         if changed:
             differ[path] = changed

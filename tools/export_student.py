@@ -2,11 +2,9 @@
 
     python tools/export_student.py ../public-course [--repository https://github.com/OWNER/NAME] [--tag TAG]
 
-Copies course_lib (without grading/), the lecture notebooks, the assignments release, pyproject.toml,
-constraints.txt, environment.yml, tools/install_torch.py, tools/course_notebooks.py and a README made of this
-README's student part; never solutions/, tests/, docs/, bench/, nbgrader's config or grading files. Then points
-every badge and setup cell at --repository (default: [tool.course] repository). The folder may be a clone of
-the public repository: everything in it but .git/ is replaced.
+Copies course_lib (without grading/), the lecture notebooks, the assignments release, the install files and a
+README of this README's student parts; never solutions/, tests/, docs/, bench/ or grading files. Badges and setup
+cells then point at --repository. A clone of the public repository keeps its .git/; the rest is replaced.
 """
 from __future__ import annotations
 
