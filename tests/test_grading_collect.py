@@ -231,7 +231,8 @@ def test_no_submission_without_a_row(toy, tmp_path):
     assert statuses == {
         "alice": "collected", "bob": "failed-ambiguous-notebooks", "carol": "collected",
         "dave": "failed-unreadable-archive", "eve": "failed-conflicting-files", "frank": "failed-unreadable-archive",
-        "Jane-Doe": "collected", "Jane-Doe-2": "collected", "Kim-Lee": "collected", "mallory": "failed-unsafe-path"}, report.summary()
+        "Jane-Doe": "collected", "Jane-Doe-2": "collected", "Kim-Lee": "collected",
+        "mallory": "failed-unsafe-path"}, report.summary()
     assert (toy.submission_dir("alice", "toy") / "toy.ipynb").read_text() == NB
     assert report.students["carol"] == ["toy.ipynb", "weights.txt"]
     assert (toy.submission_dir("Jane-Doe", "toy") / "toy.ipynb").read_text() == OTHER_NB

@@ -273,7 +273,8 @@ def _gather(items: dict, problems: dict, layout: Layout, report: CollectReport, 
         else:
             entries.append((rel, entry, path, None))
     for rel, problem in sorted(problems.items()):  # attributed by the name alone; never written
-        entry = layout.parse(rel) or layout.parse(PurePosixPath(rel).name)
+        readers = [layout] + ([fallback] if fallback is not None else [])
+        entry = next((e for r in readers for e in (r.parse(rel), r.parse(PurePosixPath(rel).name)) if e), None)
         if entry is None:
             report.ignored.append((prefix + rel, problem[1]))
         else:
@@ -306,8 +307,8 @@ def _gather(items: dict, problems: dict, layout: Layout, report: CollectReport, 
             files.setdefault(("extra", rel), path)
         elif entry.file in files and files[entry.file].read_bytes() != path.read_bytes():
             sub.status, sub.reason = "failed-conflicting-files", (
-                f"two different files for {entry.file!r} ({', '.join(s for s in sub.sources if s != rel)} and "
-                f"{rel}): collect again with the one to grade")
+                f"two different files for {entry.file!r} ({', '.join(s for s in sub.sources if s != prefix + rel)} "
+                f"and {prefix + rel}): collect again with the one to grade")
         else:
             if entry.file in files:
                 sub.notes.append(f"{rel} is a duplicate of a file already collected")
