@@ -751,7 +751,8 @@ class _Forwarder:
 
 
 def _folder_usage(folders: list[str], max_entries: int) -> tuple[int, int]:
-    """Bytes allocated and entries under ``folders`` (stops counting past ``max_entries``)."""
+    """Bytes allocated and entries under ``folders`` (stops counting past ``max_entries``; a folder the
+    launcher may not list counts as too many)."""
     total = entries = 0
     stack = list(folders)
     while stack and entries <= max_entries:
@@ -763,8 +764,10 @@ def _folder_usage(folders: list[str], max_entries: int) -> tuple[int, int]:
                     total += info.st_blocks * 512
                     if stat.S_ISDIR(info.st_mode):
                         stack.append(entry.path)
-        except FileNotFoundError:
+        except FileNotFoundError:  # removed while we counted
             continue
+        except PermissionError:  # hidden from us (an instructor without root shares the kernel's uid)
+            return total, max_entries + 1
     return total, entries
 
 
