@@ -470,7 +470,10 @@ def load_image_dataset(source: str | os.PathLike, split: str = "train", image_si
     caption_column=None gives empty captions (unconditional training). cache_dir: where `datasets` keeps
     its Arrow cache (default: its own, under ~/.cache/huggingface).
     """
-    import datasets
+    try:
+        import datasets
+    except ImportError as err:  # an optional extra: the plain course install (Colab's) leaves it out
+        raise ImportError("load_image_dataset needs the `datasets` package: pip install 'course_lib[sd]'") from err
 
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ValueError(f"source must be a local folder or a Hub dataset id, got {source!r}")

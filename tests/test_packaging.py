@@ -304,3 +304,10 @@ def test_notebook_widgets_exist_in_colab_ipywidgets_7():
                     assert kw.arg in v7[func.attr], f"{where}({kw.arg}=...) is not a keyword of ipywidgets 7"
                     assert kw.arg in getattr(ipywidgets, func.attr).class_trait_names(), f"{where}({kw.arg}=...)"
     assert used >= 10, f"found only {used} widget constructions: has the notebooks' widget code moved?"
+
+
+def test_a_missing_optional_extra_names_the_extra(monkeypatch):
+    from course_lib.data import load_image_dataset
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    with pytest.raises(ImportError, match=r"course_lib\[sd\]"):
+        load_image_dataset("owner/name")
