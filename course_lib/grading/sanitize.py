@@ -75,6 +75,7 @@ CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth")
 # A source notebook can declare the same on an answer cell: metadata {"course_grading": {"tests": [...],
 # "forbidden": [...]}} (it wins over this table). Names are dotted paths; see ``_uses`` for what counts as a use.
 _DIFFUSERS_GAUSSIAN = "diffusers.models.autoencoders.vae.DiagonalGaussianDistribution"
+_SD_UNET = "course_lib.models.unet_2d_condition"
 POLICIES = {
     "a1_vae": {
         "reparameterize": {"tests": ["test_reparameterize"],
@@ -127,6 +128,27 @@ POLICIES = {
         "counts": {"tests": ["test_counts"],
                    "forbidden": ["course_lib.lora.lora_parameter_count", "course_lib.lora.count_trainable_parameters"]},
         "save_lora_weights": {"tests": ["test_export"], "forbidden": ["course_lib.lora.save_lora"]},
+    },
+    "a6_unet": {
+        "timestep": {"tests": ["test_timestep"],
+                     "forbidden": [_SD_UNET + ".timestep_embedding", _SD_UNET + ".TimestepEmbedding",
+                                   "diffusers.models.embeddings"]},
+        "resnet": {"tests": ["test_resnet"], "forbidden": [_SD_UNET + ".ResnetBlock2D", "diffusers.models.resnet"]},
+        "attention": {"tests": ["test_attention"],
+                      "forbidden": [_SD_UNET + ".Attention", "diffusers.models.attention_processor",
+                                    "torch.nn.MultiheadAttention"]},
+        "transformer_block": {"tests": ["test_transformer_block"],
+                              "forbidden": [_SD_UNET + ".BasicTransformerBlock", _SD_UNET + ".FeedForward",
+                                            _SD_UNET + ".GEGLU", "diffusers.models.attention",
+                                            "diffusers.models.activations"]},
+        "spatial_transformer": {"tests": ["test_spatial_transformer"],
+                                "forbidden": [_SD_UNET + ".Transformer2DModel", "diffusers.Transformer2DModel",
+                                              "diffusers.models.transformers"]},
+        "unet": {"tests": ["test_unet_names", "test_unet_matches_diffusers", "test_trained_denoises",
+                           "test_trained_reads_prompt"],
+                 "forbidden": [_SD_UNET + ".UNet2DConditionModel", _SD_UNET + ".DownBlock2D", _SD_UNET + ".UpBlock2D",
+                               _SD_UNET + ".UNetMidBlock2DCrossAttn", "diffusers.UNet2DConditionModel",
+                               "diffusers.models.unets", "course_lib.unet.UNet"]},
     },
     "a7_clip_text": {
         "pad_tokens": {"tests": ["test_pad_tokens"],
