@@ -109,9 +109,8 @@ def unet_key_to_original(key: str, layers_per_block: int, up_attention: set[int]
 
 def vae_key_to_original(key: str, num_levels: int) -> str:
     """The original name of one diffusers VAE parameter, without the ``first_stage_model.`` prefix."""
-    def inner(rest: str) -> str:
-        rest = _replace_start(rest, {"conv_shortcut": "nin_shortcut"})
-        return rest
+    def inner(rest: str) -> str:  # inside a ResNet block
+        return _replace_start(rest, {"conv_shortcut": "nin_shortcut"})
 
     if (m := re.match(r"encoder\.down_blocks\.(\d+)\.(resnets\.(\d+)|downsamplers\.0)\.(.+)$", key)):
         part = f"block.{m[3]}" if m[3] is not None else "downsample"
@@ -179,6 +178,17 @@ def to_original(state_dicts: dict[str, dict], configs: dict[str, dict]) -> dict[
     return checkpoint
 
 
+def _stored_name(checkpoint: dict, original: str) -> str:
+    """The name ``original`` has in ``checkpoint``: itself, or for the text encoder, in some older files, the
+    same without the ``text_model.`` level (``cond_stage_model.transformer.embeddings...``)."""
+    level = ORIGINAL_PREFIXES["text_encoder"] + "text_model."
+    if original not in checkpoint and original.startswith(level):
+        older = ORIGINAL_PREFIXES["text_encoder"] + original[len(level):]
+        if older in checkpoint:
+            return older
+    return original
+
+
 def from_original(checkpoint: dict[str, torch.Tensor], expected_keys: dict[str, list[str]],
                   configs: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
     """Split a single-file state dict into per-component state dicts with diffusers/transformers names.
@@ -189,21 +199,19 @@ def from_original(checkpoint: dict[str, torch.Tensor], expected_keys: dict[str, 
     """
     state_dicts, used = {}, set()
     for component in COMPONENTS:
-        names = original_key_map(component, expected_keys[component], configs.get(component))
-        missing = sorted(original for original in names.values()
-                         if original not in checkpoint and original.replace(".text_model.", ".", 1) not in checkpoint)
+        names = {key: _stored_name(checkpoint, original) for key, original in
+                 original_key_map(component, expected_keys[component], configs.get(component)).items()}
+        missing = sorted(original for original in names.values() if original not in checkpoint)
         if missing:
             raise ValueError(f"checkpoint misses {len(missing)} {component} weight(s), e.g. {missing[:3]}")
         state = {}
         for key, original in names.items():
-            if original not in checkpoint:  # some older files lack the text model's "text_model." level
-                original = original.replace(".text_model.", ".", 1)
             tensor = checkpoint[original]
             if component == "vae" and _VAE_CONV_WEIGHTS.search(original) and tensor.ndim == 4:
                 tensor = tensor.reshape(tensor.shape[:2])  # 1x1 conv (C, C, 1, 1) -> linear (C, C)
             state[key] = tensor
         state_dicts[component] = state
-        used.update(names.values(), (n.replace(".text_model.", ".", 1) for n in names.values()))
+        used.update(names.values())
     prefixed = [k for k in checkpoint if k.startswith(tuple(ORIGINAL_PREFIXES.values()))]
     unknown = sorted(k for k in prefixed if k not in used and not k.endswith("position_ids"))
     if unknown:
