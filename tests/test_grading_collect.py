@@ -203,6 +203,17 @@ def _corrupt(path: Path, marker: bytes) -> None:
     path.write_bytes(data.replace(marker, marker.upper()))
 
 
+def _corrupt_deflated(path: Path, name: str) -> None:
+    """Overwrite the middle of a deflated member's compressed bytes: decompressing it fails."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    middle = start + info.compress_size // 2
+    data[middle:middle + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
 def test_no_submission_without_a_row(toy, tmp_path):
     """Copies, spaces, clashes, archives, unreadable and unsafe entries: each student gets a row and a status."""
     inner = io.BytesIO()
@@ -224,21 +235,31 @@ def test_no_submission_without_a_row(toy, tmp_path):
         "eve/toy.ipynb": OTHER_NB,
         "../mallory_toy.ipynb": NB,  # zip-slip: never written, still reported with its student
         "frank/broken.zip": b"PK\x03\x04 this is not a zip",
+        "hank/toy.ipynb": NB,  # one name twice in the zip, different contents
     })
+    with zipfile.ZipFile(download, "a") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("hank/toy.ipynb", OTHER_NB)
+    with zipfile.ZipFile(download, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("gina/toy.ipynb", NB)  # a deflated notebook whose compressed bytes are damaged
+        zf.writestr("ivan/toy.ipynb", NB)  # a good notebook, but the weights beside it are damaged
+        zf.writestr("ivan/weights.txt", "fast " * 2000)
     _corrupt(download, b"payload-of-dave")
+    _corrupt_deflated(download, "gina/toy.ipynb")
+    _corrupt_deflated(download, "ivan/weights.txt")
     report = collect(toy, download, "toy")
     statuses = {s: sub.status for s, sub in report.submissions.items()}
     assert statuses == {
         "alice": "collected", "bob": "failed-ambiguous-notebooks", "carol": "collected",
         "dave": "failed-unreadable-archive", "eve": "failed-conflicting-files", "frank": "failed-unreadable-archive",
         "Jane-Doe": "collected", "Jane-Doe-2": "collected", "Kim-Lee": "collected",
-        "mallory": "failed-unsafe-path"}, report.summary()
+        "mallory": "failed-unsafe-path", "gina": "failed-unreadable-archive", "hank": "failed-conflicting-files",
+        "ivan": "failed-unreadable-archive"}, report.summary()
     assert (toy.submission_dir("alice", "toy") / "toy.ipynb").read_text() == NB
     assert report.students["carol"] == ["toy.ipynb", "weights.txt"]
     assert (toy.submission_dir("Jane-Doe", "toy") / "toy.ipynb").read_text() == OTHER_NB
     assert (toy.submission_dir("Jane-Doe-2", "toy") / "toy.ipynb").read_text() == NB
     assert "'Jane Doe'" in " ".join(report.submissions["Jane-Doe-2"].notes)
-    for student in ("bob", "dave", "eve", "mallory", "frank"):
+    for student in ("bob", "dave", "eve", "mallory", "frank", "gina", "hank", "ivan"):
         assert not toy.submission_dir(student, "toy").exists(), f"{student}: nothing stored for a failed entry"
     assert not (tmp_path.parent / "mallory_toy.ipynb").exists()
 

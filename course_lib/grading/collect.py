@@ -19,7 +19,7 @@ reads most of it. One wrapping folder around everything is fine. Per student:
 Statuses of a roster entry: ``collected``, or ``failed-<reason>`` with the reason spelled out:
     failed-ambiguous-notebooks   several notebooks, none with the expected name or a copy of it
     failed-conflicting-files     the download holds two different files under one name for the student
-    failed-unreadable-archive    the student's .zip (or the download's entry) could not be read
+    failed-unreadable-archive    the student's .zip, or one of their entries in the download, could not be read
     failed-unsafe-path           the student's only files had unsafe paths (absolute, '..', links): not written
     failed-no-notebook           the student's files hold no notebook at all
 A failed entry has no folder in grading/submitted/ (an earlier submission of that student is removed, as
@@ -36,6 +36,7 @@ import stat
 import tempfile
 import unicodedata
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -47,6 +48,7 @@ from course_lib.grading.roster import Submission, load_roster, save_roster
 
 __all__ = ["CollectReport", "Submission", "collect", "load_roster", "normalise_student_id"]
 
+FATAL_PROBLEMS = ("unreadable-archive", "conflicting-files")  # unsafe paths are noted, the rest is graded
 SYSTEM_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints", "__pycache__"}
 COPY_MARKS = [re.compile(p, re.I) for p in (r"^copy of (.+)$", r"^(.+?) - copy(?: \(\d+\))?$", r"^(.+?) copy(?: \d+)?$",
                                              r"^(.+?) ?\(\d+\)$", r"^(.+?)-\d+$")]
@@ -113,15 +115,26 @@ def _extract_zip(archive: Path, dest: Path, items: dict, problems: dict, ignored
                 problems[rel] = ("unsafe-path", f"symbolic link {info.filename!r} in zip: not written")
                 continue
             target = dest.joinpath(*parts)
+            if rel in items or rel in problems:  # the same name twice in one zip
+                target = target.with_name(target.name + ".duplicate")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as err:
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError) as err:
                 target.unlink(missing_ok=True)
                 problems[rel] = ("unreadable-archive", f"{info.filename!r} could not be read from the zip: {err}")
+                items.pop(rel, None)
                 continue
-            items[rel] = target
+            if rel in items:
+                same = items[rel].read_bytes() == target.read_bytes()
+                target.unlink()
+                if not same:
+                    problems[rel] = ("conflicting-files", f"the zip holds two different entries {info.filename!r}")
+                    del items[rel]
+                continue
+            if rel not in problems:
+                items[rel] = target
 
 
 def _walk_folder(folder: Path, items: dict, problems: dict, ignored: list) -> None:
@@ -241,14 +254,14 @@ def _open_archives(files: dict, sub: Submission, scratch: Path) -> dict:
         inner, problems, ignored = {}, {}, []
         try:
             _extract_zip(files[name], dest, inner, problems, ignored)
-        except (zipfile.BadZipFile, OSError, EOFError) as err:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
             sub.status, sub.reason = "failed-unreadable-archive", f"{name!r} could not be opened: {err}"
             return files
         inner, problems, _ = _unwrap(inner, problems, lambda top, items: False)
         for rel, (kind, why) in problems.items():
             sub.notes.append(f"in {name}: {why}")
-            if kind == "unreadable-archive":
-                sub.status, sub.reason = "failed-unreadable-archive", f"in {name}: {why}"
+            if kind in FATAL_PROBLEMS:
+                sub.status, sub.reason = f"failed-{kind}", f"in {name}: {why}"
         files = {**{k: v for k, v in files.items() if k != name}, **inner}
         sub.notes.append(f"unpacked {name!r}: {', '.join(sorted(inner)) or 'nothing readable'}")
     others = [n for n in files if n.lower().endswith((".rar", ".7z", ".tar", ".tgz", ".gz"))]
@@ -335,6 +348,10 @@ def _settle(sub: Submission, files: dict, expected: list[str], scratch: Path, du
     files = {k: v for k, v in files.items() if isinstance(k, str)}
     if due is not None and sub.late is None and sub.submitted_at:
         sub.late = _later(sub.submitted_at, due)
+    fatal = {rel: why for rel, (kind, why) in problems.items() if kind in FATAL_PROBLEMS}
+    if fatal and sub.status == "collected":  # grading without a file the student handed in would cost points
+        kind = problems[min(fatal)][0]
+        sub.status, sub.reason = f"failed-{kind}", "; ".join(fatal.values())
     if sub.status != "collected":
         return {}, aside
     files = _open_archives(files, sub, scratch)
