@@ -363,10 +363,11 @@ class ApplyVerdicts(NbGraderPreprocessor):
         for cell in nb.cells:
             if _is_test(cell) and _grade_id(cell) in failures:
                 test, problem = _grade_id(cell), failures[_grade_id(cell)]
+                passed = not any(o.get("output_type") == "error" for o in cell.outputs)
                 text = f"the grader's own check of {test} on new inputs failed: {problem}"
                 cell.outputs.append(from_dict({"output_type": "error", "ename": "GraderCheckFailed",
                                                "evalue": text, "traceback": [f"GraderCheckFailed: {text}"]}))
-                notes.append(f"{test}: no credit, {text}")
+                notes.append(f"{test}: no credit, {text}" + (" (the test itself passed in the kernel)" if passed else ""))
         resources.setdefault("course_verdicts", {})[pending["notebook"]] = {
             t: failures.get(t, "passed") for t in pending["tests"]}
         return nb, resources
