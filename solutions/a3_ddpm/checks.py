@@ -240,7 +240,7 @@ class _Denoiser(torch.nn.Module):
 
 
 def _samples_judge(trial):
-    """The submitted weights, sampled here with diffusers' DDIM from a secret start and judged as in the test."""
+    """The submitted weights, sampled here with diffusers' DDIM and judged as in the test."""
     import warnings
 
     from safetensors.torch import load_file
@@ -265,7 +265,9 @@ def _samples_judge(trial):
     sampler = DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE, clip_sample=True,
                             set_alpha_to_one=True)
     sampler.set_timesteps(50)
-    x = torch.randn(256, 1, IMAGE_SIZE, IMAGE_SIZE, generator=trial.generator)
+    # the notebook's fixed start noise: the same metric as the test (a secret start would make a model that
+    # passes the test fail here by chance), computed where the student's code cannot reach it
+    x = torch.randn(256, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(2024))
     with torch.no_grad():
         for t in sampler.timesteps:
             x = sampler.step(model(x, torch.full((256,), int(t))), t, x).prev_sample
