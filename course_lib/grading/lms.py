@@ -22,9 +22,11 @@ time ("Last modified (submission)") and a late status; a pattern whatever its gr
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 
 __all__ = ["Entry", "LAYOUTS", "make_layout", "parse_time"]
 
@@ -63,7 +65,7 @@ def parse_time(text: str, time_format: str | None = None) -> str:
 class Layout:
     name = "?"
     description = ""
-    used: dict[str, str] = {}  # paths of the download the layout read itself (receipts, worksheets) -> what
+    used: Mapping[str, str] = MappingProxyType({})  # paths the layout read itself (receipts, worksheets) -> what
 
     def prepare(self, items: dict[str, Path | None]) -> None:
         """Look at the whole download first (Blackboard reads its receipts here)."""
