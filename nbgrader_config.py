@@ -53,6 +53,7 @@ _INSTRUCTOR_ONLY = [str(ROOT / "solutions" / "*" / sub / f"*.{ext}")
 # The jupytext script paired with each source notebook (solutions/<a>/<a>.py) holds the solutions too: never
 # copied (a bare name: nbgrader scans solutions/./<a>/, which no absolute glob matches).
 _INSTRUCTOR_ONLY += [f"{name}.py" for name in ASSIGNMENTS]
+_INSTRUCTOR_ONLY += ["checks.py"]  # the grader's own checks of each assignment (course_lib/grading/verdicts.py)
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "outputs", ".DS_Store",
                             "__MACOSX", *_INSTRUCTOR_ONLY]
 c.CourseDirectory.max_file_size = 50_000  # kB; a submitted notebook or weight file larger than 50 MB is skipped
