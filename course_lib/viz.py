@@ -31,7 +31,7 @@ from PIL import Image
 from course_lib._checks import check_float, check_int, check_tensor
 
 __all__ = ["to_uint8", "image_grid", "save_image_grid", "show_images", "plot_losses", "plot_trajectory",
-           "plot_attention_maps", "plot_schedule"]
+           "plot_attention_maps", "plot_schedule", "attach_widget"]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -328,3 +328,28 @@ def plot_schedule(alphas_cumprod: Mapping, log_snr: bool = False) -> Figure:
         ax.legend()
     figure.tight_layout()
     return figure
+
+
+def attach_widget(draw, control) -> None:
+    """Redraw ``draw(value)`` below ``control`` (an ipywidgets slider, text box, ...) whenever its value changes.
+
+    Nothing runs until it does: the notebook draws the figure for the default value with a plain call above, so
+    the figure is there without a live kernel too (papermill, a notebook viewer).
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    if not callable(draw):
+        raise ValueError(f"draw must be a function of the control's value, got {draw!r}")
+    if not isinstance(control, widgets.ValueWidget):
+        raise ValueError(f"control must be an ipywidgets control with a value (a slider, a text box), got {control!r}")
+    out = widgets.Output()
+
+    def redraw(change):
+        with out:
+            out.clear_output(wait=True)
+            draw(change["new"])
+            plt.show()
+
+    control.observe(redraw, names="value")
+    display(widgets.VBox([control, out]))

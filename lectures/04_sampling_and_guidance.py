@@ -57,7 +57,6 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import display
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 from tqdm.auto import tqdm
@@ -68,26 +67,11 @@ from course_lib.metrics import frechet_distance
 from course_lib.schedulers import DDIMScheduler, DDPMScheduler
 from course_lib.train import EMA, cosine_schedule_with_warmup
 from course_lib.unet import UNet, UNetConfig
-from course_lib.viz import image_grid, plot_losses, show_images
+from course_lib.viz import attach_widget, image_grid, plot_losses, show_images
 
 torch.set_num_threads(THREADS)
 torch.manual_seed(SEED)
 plt.rcParams["figure.dpi"] = 80   # inline figures: readable, and small enough to keep in git
-
-
-def attach_widget(draw, control):
-    """Redraw ``draw(value)`` below ``control`` (a slider, a text box) whenever its value changes.
-    Nothing runs until it does: the figure for the default value is drawn by a plain call above."""
-    out = widgets.Output()
-
-    def redraw(change):
-        with out:
-            out.clear_output(wait=True)
-            draw(change["new"])
-            plt.show()
-
-    control.observe(redraw, names="value")
-    display(widgets.VBox([control, out]))
 
 
 # %% [markdown]

@@ -56,7 +56,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from IPython.display import display
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from tqdm.auto import tqdm
 
@@ -66,26 +65,11 @@ from course_lib.sd import count_parameters, sd15_config, sd15_empty_model
 from course_lib.text import (CaptionTokenizer, CLIPConfig, TinyCLIP, contrastive_loss, cosine_similarity,
                              zero_shot_classify)
 from course_lib.train import cosine_schedule_with_warmup
-from course_lib.viz import plot_losses, show_images, to_uint8
+from course_lib.viz import attach_widget, plot_losses, show_images, to_uint8
 
 torch.set_num_threads(THREADS)
 torch.manual_seed(SEED)
 plt.rcParams["figure.dpi"] = 80   # inline figures: readable, and small enough to keep in git
-
-
-def attach_widget(draw, control):
-    """Redraw ``draw(value)`` below ``control`` (a slider, a text box) whenever its value changes.
-    Nothing runs until it does: the figure for the default value is drawn by a plain call above."""
-    out = widgets.Output()
-
-    def redraw(change):
-        with out:
-            out.clear_output(wait=True)
-            draw(change["new"])
-            plt.show()
-
-    control.observe(redraw, names="value")
-    display(widgets.VBox([control, out]))
 
 
 # %% [markdown]

@@ -62,7 +62,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from IPython.display import display
 from tqdm.auto import tqdm
 
 from course_lib.data import COLOURS, SHAPES, shapes_batch
@@ -73,26 +72,12 @@ from course_lib.minisd import (MiniSDConfig, build_pipeline, prompt_set, train_c
 from course_lib.schedulers import DDPMScheduler
 from course_lib.sd import count_parameters, sd15_config, sd15_empty_model
 from course_lib.unet import UNet, UNetConfig, average_cross_attention
-from course_lib.viz import image_grid, plot_attention_maps, plot_losses, plot_trajectory, show_images
+from course_lib.viz import (attach_widget, image_grid, plot_attention_maps, plot_losses, plot_trajectory,
+                            show_images)
 
 torch.set_num_threads(THREADS)
 torch.manual_seed(SEED)
 plt.rcParams["figure.dpi"] = 80   # inline figures: readable, and small enough to keep in git
-
-
-def attach_widget(draw, control):
-    """Redraw ``draw(value)`` below ``control`` (a slider, a text box) whenever its value changes.
-    Nothing runs until it does: the figure for the default value is drawn by a plain call above."""
-    out = widgets.Output()
-
-    def redraw(change):
-        with out:
-            out.clear_output(wait=True)
-            draw(change["new"])
-            plt.show()
-
-    control.observe(redraw, names="value")
-    display(widgets.VBox([control, out]))
 
 
 # %%

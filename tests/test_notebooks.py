@@ -199,3 +199,31 @@ def test_every_release_stub_names_something_of_its_cell(path):
             assert names and all(re.search(rf"\b{name}\b", rest) for name in names), (
                 f"stub says to write {what!r}, which its cell does not mention")
     assert stubs, f"{path.name}: no named stub found (regenerate assignments/: make release)"
+
+
+# ----------------------------------------------------- course_lib.viz.attach_widget, the slider helper of lectures 4-6
+
+def test_attach_widget_redraws_with_each_new_value_only(capsys):
+    import ipywidgets as widgets
+
+    from course_lib.viz import attach_widget
+
+    drawn = []
+    slider = widgets.FloatSlider(value=0.5, min=0.0, max=1.0)
+    attach_widget(drawn.append, slider)
+    assert drawn == []                      # the default value's figure is the notebook's own, plain call
+    slider.value = 0.25
+    slider.value = 0.75
+    assert drawn == [0.25, 0.75]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("draw, control, name", [(None, "slider", "draw"), (print, 3, "control")])
+def test_attach_widget_names_a_bad_argument(draw, control, name):
+    import ipywidgets as widgets
+
+    from course_lib.viz import attach_widget
+
+    control = widgets.IntSlider() if control == "slider" else control
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        attach_widget(draw, control)
