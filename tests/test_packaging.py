@@ -279,27 +279,38 @@ def test_setup_cell_does_nothing_outside_colab(monkeypatch):
     exec(_course_notebooks().setup_source(_course_notebooks().setting(ROOT), None), {"get_ipython": None})
 
 
-def test_notebook_widgets_exist_in_colab_ipywidgets_7():
-    """Colab has ipywidgets 7: every widget a notebook builds, and every keyword it passes, must exist there (and in
-    the installed ipywidgets, 8 for the term)."""
+def _widget_code():
+    """(where, source) of every notebook code cell and course_lib module."""
+    for path in sorted([*ROOT.glob("lectures/*.ipynb"), *ROOT.glob("solutions/*/*.ipynb")]):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                yield path, "\n".join(line for line in "".join(cell["source"]).splitlines()
+                                      if not line.lstrip().startswith(("%", "!")))
+    for path in sorted((ROOT / "course_lib").rglob("*.py")):
+        yield path, path.read_text()
+
+
+def test_widgets_exist_in_colab_ipywidgets_7():
+    """Colab has ipywidgets 7: every widget class the notebooks and course_lib use, and every keyword they pass,
+    must exist there (and in the installed ipywidgets, 8 for the term)."""
     import ast
     import ipywidgets
     v7 = json.loads((ROOT / "tests" / "data" / "colab_ipywidgets7.json").read_text())["widgets"]
     used = 0
-    for path in sorted([*ROOT.glob("lectures/*.ipynb"), *ROOT.glob("solutions/*/*.ipynb")]):
-        for cell in json.loads(path.read_text())["cells"]:
-            if cell["cell_type"] != "code":
+    for path, source in _widget_code():
+        for node in ast.walk(ast.parse(source)):
+            attr = node if isinstance(node, ast.Attribute) else None
+            if not (attr and isinstance(attr.value, ast.Name) and attr.value.id == "widgets" and attr.attr[0].isupper()):
                 continue
-            for node in ast.walk(ast.parse("\n".join(line for line in "".join(cell["source"]).splitlines()
-                                                     if not line.lstrip().startswith(("%", "!"))))):
-                func = node.func if isinstance(node, ast.Call) else None
-                if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
-                        and func.value.id == "widgets" and func.attr[0].isupper()):
-                    continue
-                used += 1
+            used += 1
+            where = f"{path.relative_to(ROOT)}: widgets.{attr.attr}"
+            assert attr.attr in v7, f"{where} does not exist in ipywidgets 7 (Colab's)"
+            assert hasattr(ipywidgets, attr.attr), f"{where} does not exist in ipywidgets {ipywidgets.__version__}"
+        for node in ast.walk(ast.parse(source)):
+            func = node.func if isinstance(node, ast.Call) else None
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "widgets" \
+                    and func.attr in v7:
                 where = f"{path.relative_to(ROOT)}: widgets.{func.attr}"
-                assert func.attr in v7, f"{where} does not exist in ipywidgets 7 (Colab's)"
-                assert hasattr(ipywidgets, func.attr), f"{where} does not exist in ipywidgets {ipywidgets.__version__}"
                 for kw in node.keywords:
                     assert kw.arg in v7[func.attr], f"{where}({kw.arg}=...) is not a keyword of ipywidgets 7"
                     assert kw.arg in getattr(ipywidgets, func.attr).class_trait_names(), f"{where}({kw.arg}=...)"
