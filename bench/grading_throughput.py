@@ -40,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--students", type=int, default=6, help="submissions per course")
     p.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="parallel jobs to compare")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed first grading of each course")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="keep each assignment's FAST run (the handed-in weights) here and reuse it next time")
     return p.parse_args()
 
 
@@ -70,15 +72,18 @@ def toy_course(folder: Path, students: int) -> tuple[Course, str]:
     return course, "toy"
 
 
-def assignment_course(folder: Path, students: int, assignment: str) -> tuple[Course, str]:
+def assignment_course(folder: Path, students: int, assignment: str, runs_dir: Path | None = None
+                      ) -> tuple[Course, str]:
     """A real assignment: its source notebook and what its FAST run wrote (weights), handed in by every student."""
     course = Course(root=ROOT, workspace=folder / "grading")
-    start = time.perf_counter()
-    reports = validate_source(course, assignment, folder / "source_run", fast=True)
-    if not all(r.ok for r in reports):
-        raise SystemExit(f"the {assignment} source does not validate:\n" + "\n".join(r.summary() for r in reports))
-    print(f"{assignment}: FAST run for the weights: {time.perf_counter() - start:.1f} s")
-    handed_in = [p for p in (folder / "source_run" / assignment).iterdir()
+    run = (runs_dir or folder) / "source_run"
+    if not (run / assignment / f"{assignment}.ipynb").is_file():
+        start = time.perf_counter()
+        reports = validate_source(course, assignment, run, fast=True)
+        if not all(r.ok for r in reports):
+            raise SystemExit(f"the {assignment} source does not validate:\n" + "\n".join(r.summary() for r in reports))
+        print(f"{assignment}: FAST run for the weights: {time.perf_counter() - start:.1f} s")
+    handed_in = [p for p in (run / assignment).iterdir()
                  if p.is_file() and (p.suffix in (".ipynb", ".safetensors"))]
     for i in range(students):
         target = course.submission_dir(f"s{i:02d}", assignment)
@@ -130,7 +135,7 @@ def main() -> None:
             if name == "toy":
                 course, assignment = toy_course(folder, args.students)
             else:
-                course, assignment = assignment_course(folder, args.students, name)
+                course, assignment = assignment_course(folder, args.students, name, args.runs_dir)
             if name == args.courses[0]:
                 boxed, plain = sandbox_overhead(course)
             if not args.no_warmup:
