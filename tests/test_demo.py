@@ -67,7 +67,8 @@ def test_one_min_snr_function_serves_the_course_and_stable_diffusion():
     scheduler = minisd.make_scheduler(MiniSDConfig.fast())
     t = torch.tensor([3, 700])
     assert minisd.min_snr_weights is sd_min_snr_weights
-    assert torch.equal(minisd.min_snr_weights(scheduler, t, 5.0), minisd.min_snr_weights(scheduler.alphas_cumprod, t, 5.0))
+    by_tensor = minisd.min_snr_weights(scheduler.alphas_cumprod, t, 5.0)
+    assert torch.equal(minisd.min_snr_weights(scheduler, t, 5.0), by_tensor)
 
 
 def test_importing_the_demo_keeps_the_matplotlib_backend():
