@@ -37,7 +37,8 @@
 #
 # **Prerequisites**: assignments 6-8 (or the modules of `course_lib.models`), lecture 7.
 #
-# **Time**: 3-5 hours of work. All tests run in under 30 seconds on a laptop CPU.
+# **Time**: 3-5 hours of work. All tests run in under 30 seconds on a laptop CPU; no GPU is needed (the
+# optional last section, the real SD v1.5 on a Colab GPU, takes a few minutes, most of them downloading).
 #
 # **Points** (18 in total, all autograded):
 #
