@@ -68,7 +68,7 @@ from torch import nn
 from course_lib.attention import MultiHeadAttention
 from course_lib.data import shapes_batch
 from course_lib.guidance import dynamic_threshold, static_threshold
-from course_lib.metrics import frechet_distance, get_evaluator, train_evaluator
+from course_lib.metrics import EVALUATOR_VERSION, frechet_distance, get_evaluator, train_evaluator
 from course_lib.schedulers import DDPMScheduler
 from course_lib.viz import image_grid, plot_losses, show_images
 
@@ -496,7 +496,7 @@ if FAST:   # a quick evaluator is enough to show the effect
     evaluator, report = train_evaluator(num_train=600, steps=40, progress=False, num_test=200)
 else:      # the course's standard evaluator, trained once (about a minute) and cached in ./outputs
     evaluator = get_evaluator(cache_dir=OUT / "evaluator", progress=False)
-    report = json.loads((OUT / "evaluator" / "shape_evaluator-v1-seed0" / "report.json").read_text())
+    report = json.loads((OUT / "evaluator" / f"shape_evaluator-v{EVALUATOR_VERSION}-seed0" / "report.json").read_text())
 print(f"evaluator test accuracy: shape {report['shape_acc']:.3f}, colour {report['colour_acc']:.3f}")
 
 
