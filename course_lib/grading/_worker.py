@@ -80,7 +80,8 @@ def _unlocked_while_executing(lock: GradebookLock, course, assignment: str, stud
     def preprocess(self, nb, resources, *args, **kwargs):
         lock.release()
         try:
-            return _execute_surviving_deaths(run_once, self, nb, resources, *args, **kwargs)
+            return _execute_surviving_deaths(run_once, lambda: _fresh_sandbox(course, assignment, student), self, nb,
+                                             resources, *args, **kwargs)
         finally:
             lock.acquire()
 
@@ -103,6 +104,20 @@ def _death_error(text: str):
                       "traceback": [f"DeadKernelError: {text}"]})
 
 
+def _fresh_sandbox(course, assignment: str, student: str) -> None:
+    """Before a kernel is started again for the same submission: what the last sandbox's exit removed (the folder
+    of its sockets) is made again, and its pid file is forgotten (as ``sandbox.kernel_config`` does)."""
+    folder = course.workspace / "sandbox" / assignment / student
+    try:
+        ipc_dir = json.loads((folder / "policy.json").read_text()).get("ipc_dir")
+    except (OSError, ValueError):
+        ipc_dir = None
+    if ipc_dir:
+        os.makedirs(ipc_dir, mode=0o700, exist_ok=True)
+    for name in ("init.pid", "limit.txt"):
+        (folder / name).unlink(missing_ok=True)
+
+
 def _cell_name(cells, index: int) -> str:
     """How a cell is named in the detail: its grade_id, or its place after the previous graded cell."""
     def grade_id(cell):
@@ -117,7 +132,7 @@ def _cell_name(cells, index: int) -> str:
     return f"a cell after {before[-1]}" if before else "a cell before the first graded cell"
 
 
-def _execute_surviving_deaths(run_once, self, nb, resources, *args, **kwargs):
+def _execute_surviving_deaths(run_once, fresh_sandbox, self, nb, resources, *args, **kwargs):
     """Run the notebook; if the kernel dies, run it again in a fresh kernel without the cell it died in.
 
     Tests that passed before the death pass again (and keep their points); the fatal cell gets an error output
@@ -126,10 +141,12 @@ def _execute_surviving_deaths(run_once, self, nb, resources, *args, **kwargs):
     """
     import copy
 
-    from nbclient.exceptions import DeadKernelError
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     pristine, skipped = copy.deepcopy(nb), []
     while True:
+        if skipped:
+            fresh_sandbox()
         work = copy.deepcopy(pristine)
         for index in skipped:
             work.cells[index].source = _SKIPPED
@@ -143,7 +160,7 @@ def _execute_surviving_deaths(run_once, self, nb, resources, *args, **kwargs):
         try:
             result = run_once(self, work, resources, *args, **kwargs)
             break
-        except DeadKernelError:
+        except (DeadKernelError, CellTimeoutError):  # dead, or alive but no longer answering (its output channel)
             index = running[0] if running else None
             if index is None or index in skipped or len(skipped) >= MAX_DEATHS:
                 result = (work, resources)
@@ -161,8 +178,9 @@ def _execute_surviving_deaths(run_once, self, nb, resources, *args, **kwargs):
     for index in skipped:
         cell = out_nb.cells[index]
         cell.source = pristine.cells[index].source
-        cell.outputs = [_death_error("the kernel died while running this cell (os._exit, a crash or the memory "
-                                     "limit); the notebook was run again in a new kernel without it")]
+        cell.outputs = [_death_error("the kernel died or stopped answering while running this cell (os._exit, a "
+                                     "crash, the memory limit, a broken interpreter); the notebook was run again "
+                                     "in a new kernel without it")]
         DEATHS.append(_cell_name(pristine.cells, index))
     return result
 

@@ -83,7 +83,8 @@ NEGATIVE_ELBO = """
 def _reference_kl(mean, logvar):
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
 
-names = negative_elbo.__globals__
+import inspect
+names = inspect.unwrap(negative_elbo).__globals__
 yours = names.get("kl_divergence")
 names["kl_divergence"] = _reference_kl
 try:

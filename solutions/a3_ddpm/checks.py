@@ -169,7 +169,8 @@ class _Zero(torch.nn.Module):
         self.calls.append((x_t.detach().clone(), t.detach().clone()))
         return torch.zeros_like(x_t)
 
-names = ddpm_loss.__globals__
+import inspect
+names = inspect.unwrap(ddpm_loss).__globals__
 yours = names.get("q_sample")
 names["q_sample"] = _reference_q_sample
 try:

@@ -165,7 +165,8 @@ for name, module in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet
 scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)
 pipe = MiniSDPipeline(vae, text_encoder, tokenizer, unet, scheduler, scale_factor=0.8, image_size=16)
-names = generate.__globals__
+import inspect
+names = inspect.unwrap(generate).__globals__  # (generate is wrapped by torch.no_grad)
 yours = names.get("cfg_combine")
 names["cfg_combine"] = _reference_cfg
 try:
