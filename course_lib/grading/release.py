@@ -184,8 +184,10 @@ def validate_notebook(course: Course, path, invert: bool = False,
 
 
 def copy_assignment_folder(src, dest, ignore=(".ipynb_checkpoints", "__pycache__", "outputs", "*.safetensors",
-                                              "*.pt", "*.ckpt")) -> Path:
-    """Copy an assignment folder without caches, outputs or weights (those come from a run, not the source)."""
+                                              "*.pt", "*.ckpt", "*.py")) -> Path:
+    """Copy an assignment folder without caches, outputs or weights (those come from a run, not the source), nor
+    scripts (in solutions/: the notebook's jupytext pair and the grader's checks.py, instructor files that no run
+    of the notebook reads and no submission may carry)."""
     dest = Path(dest)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(*ignore))
     return dest
