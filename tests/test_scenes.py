@@ -121,3 +121,114 @@ def test_bad_arguments_are_named():
         SceneDataset(4, held_out_pairings=[(("green", "triangle"), ("red", "circle"))])  # an unseen pair
     with pytest.raises(ValueError, match="index"):
         SceneDataset(4).describe(4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The judge (course_lib.scenes_eval)
+# ---------------------------------------------------------------------------------------------------------
+from course_lib.scenes_eval import (connected_components, find_objects, kernel_distance, mmd2_unbiased,  # noqa: E402
+                                    read_scenes, scene_kid, score_scene, train_scene_evaluator)
+
+
+def test_connected_components_by_hand():
+    mask = torch.zeros(1, 6, 6, dtype=torch.bool)
+    mask[0, 0, 0] = mask[0, 1, 1] = True  # diagonal neighbours: one 8-connected component
+    mask[0, 3:5, 3:6] = True  # a separate block
+    mask[0, 0, 4] = True  # a lone pixel
+    labels = connected_components(mask)[0]
+    assert (labels == 0).equal(~mask[0])
+    assert labels[0, 0] == labels[1, 1] and len(labels[mask[0]].unique()) == 3
+    assert len(labels[3:5, 3:6].unique()) == 1
+
+
+def test_objects_are_found_where_they_were_drawn():
+    for split in ("train", "held_out_pairings"):
+        real = scenes_batch(40, seed=11, split=split)
+        for scene, found in zip(real["scene"], find_objects(real["image"])):
+            assert len(found) == len(scene["objects"]), scene["caption"]
+            for truth in scene["objects"]:  # each drawn object has a found centre within a pixel of its own
+                assert min(max(abs(a - b) for a, b in zip(truth["center_xy"], f["center_xy"])) for f in found) <= 1.0
+
+
+def _obj(colour, shape, x, y):
+    return {"colour": colour, "shape": shape, "center_xy": (x, y)}
+
+
+def test_score_scene_by_hand():
+    caption = "a red circle to the left of a blue square"
+    right = [_obj("blue", "square", 50, 30), _obj("red", "circle", 10, 32)]
+    assert score_scene(caption, right) == {"count": True, "binding": True, "relation": True}
+    mirrored = [_obj("blue", "square", 10, 30), _obj("red", "circle", 50, 32)]
+    assert score_scene(caption, mirrored) == {"count": True, "binding": True, "relation": False}
+    swapped = [_obj("red", "square", 50, 30), _obj("blue", "circle", 10, 32)]  # colours bound to the wrong shapes
+    assert score_scene(caption, swapped) == {"count": True, "binding": False, "relation": False}
+    extra = right + [_obj("red", "circle", 30, 55)]
+    assert score_scene(caption, extra)["binding"] is False and score_scene(caption, extra)["count"] is False
+    assert score_scene("two green triangles", [_obj("green", "triangle", 10, 10)] * 2)["binding"]
+    assert score_scene("two green triangles", [_obj("green", "triangle", 10, 10)]) == {
+        "count": False, "binding": False, "relation": None}
+
+
+@pytest.fixture(scope="module")
+def quick_judge():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    judged = train_scene_evaluator(num_train=1000, steps=120, num_test=60, seed=0)
+    torch.set_num_threads(previous)
+    return judged
+
+
+def test_the_judge_reads_held_out_real_scenes(quick_judge):
+    classifier, report = quick_judge
+    for split in ("train", "held_out_pairs", "held_out_pairings"):
+        for key in ("colour_acc", "shape_acc", "position_acc", "count_acc"):
+            assert report[split][key] >= 0.97, (split, key, report[split][key])
+    real = scenes_batch(8, seed=21, split="held_out_pairs")
+    read = read_scenes(classifier, real["image"])
+    assert [sorted((o["colour"], o["shape"]) for o in r) for r in read] == \
+           [sorted((o["colour"], o["shape"]) for o in s["objects"]) for s in real["scene"]]
+
+
+def _brute_force_mmd2(x, y):
+    k = lambda a, b: (sum(p * q for p, q in zip(a, b)) / len(a) + 1) ** 3  # noqa: E731
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(a, b) for a in x for b in y) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_mmd2_matches_its_definition():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64) + 1
+    expected = _brute_force_mmd2(x.tolist(), y.tolist())
+    # float64 sums of ~50 terms of magnitude <= ~100: rounding far below 1e-10
+    assert mmd2_unbiased(x, y) == pytest.approx(expected, rel=1e-10, abs=1e-10)
+
+
+def test_kid_is_unbiased_on_known_distributions():
+    """Two discrete distributions on 3 points in 2-D: the population MMD^2 is a finite sum, computed here
+    directly; the mean of many small-sample estimates must agree with it within its standard error."""
+    points_x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    points_y = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    k = lambda a, b: (a @ b.T / 2 + 1) ** 3  # noqa: E731
+    population = k(points_x, points_x).mean() + k(points_y, points_y).mean() - 2 * k(points_x, points_y).mean()
+    g = torch.Generator().manual_seed(1)
+    for other, truth in ((points_y, population.item()), (points_x, 0.0)):
+        estimates = torch.tensor([mmd2_unbiased(points_x[torch.randint(3, (4,), generator=g)],
+                                                other[torch.randint(3, (4,), generator=g)]) for _ in range(3000)])
+        standard_error = estimates.std() / len(estimates) ** 0.5
+        assert abs(estimates.mean() - truth) < 4 * standard_error, (estimates.mean(), truth, standard_error)
+    # the block estimate and its standard error: the truth lies within a few standard errors
+    x, y = points_x[torch.randint(3, (400,), generator=g)], points_y[torch.randint(3, (400,), generator=g)]
+    mean, se = kernel_distance(x, y, num_blocks=10)
+    assert 0 < se and abs(mean - population.item()) < 4 * se
+
+
+def test_kid_of_real_scenes_against_real_scenes_is_near_zero(quick_judge):
+    classifier, _ = quick_judge
+    a, b = scenes_batch(80, seed=31)["image"], scenes_batch(80, seed=32)["image"]
+    mean, se = scene_kid(classifier, a, b, num_blocks=4)
+    shifted_mean, _ = scene_kid(classifier, a, scenes_batch(80, seed=33, split="held_out_pairs")["image"] * 0.5,
+                                num_blocks=4)
+    assert abs(mean) < 4 * se + 1e-9 and shifted_mean > mean + 4 * se
