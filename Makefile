@@ -28,6 +28,16 @@ PYTEST_ARGS ?= -n 2
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The numerical tests again under torch's portable kernels and with 2 intra-op threads: other reduction orders,
+# as on another CPU (Intel/AMD, AVX2/AVX-512). Tolerances follow from the arithmetic (tests/_numerics.py), so
+# they pass on every CPU; CI runs this after `make test`.
+PORTABLE_TESTS := tests/test_attention.py tests/test_schedulers.py tests/test_vae.py tests/test_lora.py \
+	tests/test_metrics.py tests/test_unet.py tests/test_text.py tests/test_guidance.py tests/test_pipeline.py \
+	tests/test_train.py tests/test_data.py tests/test_viz.py tests/test_bad_input.py tests/test_sd.py
+.PHONY: test-portable
+test-portable: $(STAMP)
+	ATEN_CPU_CAPABILITY=default COURSE_TEST_THREADS=2 $(PY) -m pytest -p no:xdist -q -m "not slow" $(PORTABLE_TESTS)
+
 clean-env:
 	rm -rf $(VENV)
 
