@@ -389,3 +389,91 @@ CHECKS = {
     "test_export": Check(probe=EXPORT, inputs=_export_inputs, judge=_export_judge),
     "test_training_step": Check(probe=TRAINING, inputs=_training_inputs, judge=_training_judge),
 }
+
+
+def _purple_rings(n, seed=0, size=64):
+    """purple_rings of the notebook's read-only cell."""
+    g = torch.Generator().manual_seed(seed)
+    centre = size / 2 + (torch.rand(n, 2, generator=g) - 0.5) * 0.2 * size
+    radius = size * (0.22 + 0.08 * torch.rand(n, generator=g))
+    xs = torch.arange(size) + 0.5
+    distance = torch.sqrt((xs.view(1, 1, -1) - centre[:, 0].view(-1, 1, 1)) ** 2
+                          + (xs.view(1, -1, 1) - centre[:, 1].view(-1, 1, 1)) ** 2)
+    coverage = (0.03 * size + 0.5 - (distance - radius.view(-1, 1, 1)).abs()).clamp(0, 1)
+    purple = torch.tensor([0.6, 0.2, 0.8]).view(1, 3, 1, 1)
+    return coverage.unsqueeze(1) * purple * 2 - 1
+
+
+def _tiny_sd(submitted: Path, scratch: Path) -> Path:
+    """The notebook's tiny SD (build_tiny_sd, seed 0), built once per grading workspace (hidden from kernels)."""
+    import os
+
+    from course_lib.sd import build_tiny_sd
+
+    workspace = submitted.parents[2] if len(submitted.parents) > 2 else scratch
+    cached = workspace / "cache" / "a5_tiny_sd"
+    if not (cached / "model_index.json").is_file():
+        built = build_tiny_sd(scratch / "tiny_sd", seed=0)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(built, cached)  # atomic: a parallel worker may have won, then its copy is used
+        except OSError:
+            return built if not (cached / "model_index.json").is_file() else cached
+    return cached
+
+
+def _trained_lora_judge(trial):
+    """The submitted file, loaded here by diffusers into the tiny SD, on the notebook's fixed evaluation set."""
+    import contextlib
+    import io
+    import warnings
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import DDPMScheduler, StableDiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        from course_lib.sd import encode_images, encode_prompts, load_sd_components
+    path = trial.submitted / LORA_PATH
+    if not path.is_file():
+        return f"{LORA_PATH} was not handed in"
+    state = load_file(str(path))
+    if len(state) != 64 or not all(k.startswith("unet.") for k in state):
+        return f"the file must hold 64 tensors named unet.*, got {len(state)}"
+    if not all(torch.count_nonzero(v) > 0 for k, v in state.items() if k.endswith("lora_B.weight")):
+        return "every lora_B must have moved away from 0"
+    with safe_open(str(path), framework="pt") as f:
+        if "lora_adapter_metadata" not in (f.metadata() or {}):
+            return "the file's metadata needs lora_adapter_metadata"
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix="grader-tiny-sd-") as folder:
+        tiny = _tiny_sd(trial.submitted, Path(folder))
+        components = load_sd_components(tiny)
+        scheduler = DDPMScheduler.from_config(components.scheduler.config)
+        g = torch.Generator().manual_seed(1)
+        latents = encode_images(components, _purple_rings(32, seed=1), generator=g)
+        context = encode_prompts(components, [CONCEPT_PROMPT] * 32)
+        noise = torch.randn(latents.shape, generator=g)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (32,), generator=g)
+        pipe = StableDiffusionPipeline.from_pretrained(tiny, safety_checker=None, requires_safety_checker=False)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+            except Exception as err:
+                return f"diffusers could not load the file ({type(err).__name__}: {str(err)[:120]})"
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        with torch.no_grad():
+            losses = [torch.nn.functional.mse_loss(pipe.unet(noisy, timesteps, context, cross_attention_kwargs={
+                "scale": scale}).sample, noise).item() for scale in (0.0, 1.0)]
+    if not losses[1] < 0.95 * losses[0]:
+        return (f"evaluation loss computed by the grader: base model {losses[0]:.4f}, with the submitted LoRA "
+                f"{losses[1]:.4f}; it should be at least 5 % lower")
+    return None
+
+
+CHECKS["test_trained_lora"] = Check(judge=_trained_lora_judge)
