@@ -28,7 +28,7 @@
 # **Prerequisites**: assignment 2 (attention, masks, heads); lecture 5 (CLIP).
 #
 # **Time**: 1.5-3 hours of work. Everything runs in seconds on a laptop CPU (nothing is trained, no GPU needed);
-# grading your notebook takes about 15 seconds.
+# grading your notebook takes about 10 seconds of CPU time.
 #
 # **Points** (21 in total, all autograded):
 #
