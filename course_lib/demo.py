@@ -1,7 +1,8 @@
 """The course's main job: train a miniature Stable Diffusion from scratch on a CPU, sample it, judge it.
 
-    python -m course_lib.demo            # the real run (minutes on 2 CPU cores), writes outputs/demo/
-    python -m course_lib.demo --fast     # checks the plumbing in well under two minutes (CI)
+    python -m course_lib.demo                  # the real run on two-object scenes (minutes on 2 CPU cores)
+    python -m course_lib.demo --world shapes   # the one-object world of the first lessons (32x32)
+    python -m course_lib.demo --fast           # checks the plumbing in well under two minutes (CI)
     python -m course_lib.demo --help     # budgets, sizes, seeds
 
 Interrupted? Run the same command again: finished stages are skipped and the running one resumes from its
@@ -48,7 +49,14 @@ def get_demo_evaluator(out_dir: Path, fast: bool, seed: int = 0) -> tuple[ShapeE
 def generate_for_prompts(pipe: MiniSDPipeline, prompts: list[str], seeds: list[int], num_inference_steps: int,
                          guidance_scale: float, batch_size: int = 64) -> torch.Tensor:
     """Images (len(prompts) * len(seeds), 3, H, W), prompt-major, each seed its own generator."""
-    jobs = [(p, s) for p in prompts for s in seeds]
+    return generate_images(pipe, [(p, s) for p in prompts for s in seeds], num_inference_steps, guidance_scale,
+                           batch_size)
+
+
+@torch.no_grad()
+def generate_images(pipe: MiniSDPipeline, jobs: list[tuple[str, int]], num_inference_steps: int,
+                    guidance_scale: float, batch_size: int = 64) -> torch.Tensor:
+    """One image per (prompt, seed) job, in order: (len(jobs), 3, H, W); the seed fixes the start noise."""
     images = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
@@ -197,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = MiniSDConfig()
     p = argparse.ArgumentParser(prog="python -m course_lib.demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--world", choices=("scenes", "shapes"), default="scenes",
+                   help="scenes: one or two objects at 64x64, captions with relations (course_lib.scenes); "
+                        "shapes: one object at 32x32 (course_lib.data)")
     p.add_argument("--fast", action="store_true", help="tiny budgets: checks the plumbing (CI), poor pictures")
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--fresh", action="store_true", help="delete the output folder first instead of resuming")
@@ -213,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-features", choices=TEXT_FEATURES,
                    help=f"what the UNet cross-attends to (default {defaults.text_features})")
     p.add_argument("--steps", type=int, help=f"DDIM sampling steps (default {defaults.num_inference_steps})")
-    p.add_argument("--seeds-per-prompt", type=int, default=8, help="images per prompt for the accuracy figures")
+    p.add_argument("--seeds-per-prompt", type=int, default=8, help="shapes: images per prompt for the accuracy figures")
+    p.add_argument("--num-images", type=int, help="scenes: generated images judged on seen prompts (default 500, "
+                   "--fast 40); 2/5 as many again on held-out prompts")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     return p
 
@@ -224,7 +237,10 @@ def config_from_args(args) -> MiniSDConfig:
         ("unet_steps", args.unet_steps), ("unet_batch_size", args.unet_batch_size),
         ("num_train_images", args.train_images), ("guidance_scale", args.guidance_scale),
         ("num_inference_steps", args.steps), ("text_features", args.text_features)) if value is not None}
-    config = MiniSDConfig.fast(**overrides) if args.fast else MiniSDConfig(**overrides)
+    if args.world == "scenes":
+        config = MiniSDConfig.fast(world="scenes", **overrides) if args.fast else MiniSDConfig.scenes(**overrides)
+    else:
+        config = MiniSDConfig.fast(**overrides) if args.fast else MiniSDConfig(**overrides)
     if args.unet_channels:
         config.unet = dataclasses.replace(config.unet, block_channels=tuple(args.unet_channels))
     return config
@@ -236,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         if args.seeds_per_prompt < 2:
             raise ValueError(f"--seeds-per-prompt must be >= 2, got {args.seeds_per_prompt}")
+        if args.num_images is not None and args.num_images < 20:
+            raise ValueError(f"--num-images must be >= 20 (KID needs 10 blocks of 2), got {args.num_images}")
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -251,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {out_dir} holds a run with other settings; use --fresh to start over or --out elsewhere",
               file=sys.stderr)
         return 2
+    if config.world == "scenes":
+        from course_lib.scenes_demo import run_scenes_demo, scenes_summary
+        num_images = args.num_images or (40 if args.fast else 500)
+        print(scenes_summary(run_scenes_demo(config, out_dir, fast=args.fast, num_images=num_images), out_dir))
+        return 0
     report = run_demo(config, out_dir, fast=args.fast, seeds_per_prompt=args.seeds_per_prompt)
     print(summary(report, out_dir))
     return 0

@@ -31,6 +31,7 @@ from course_lib._io import atomic_write_json
 from course_lib.data import COLOURS, SHAPES, all_pairs, caption_for, shapes_batch
 from course_lib.guidance import apply_keep_mask, sample_keep_mask
 from course_lib.pipeline import TEXT_FEATURES, MiniSDPipeline, encode_text
+from course_lib.scenes import HELD_OUT_PAIRINGS, SceneDataset, scene_vocabulary, scenes_batch
 from course_lib.schedulers import STABLE_DIFFUSION_BETAS, DDIMScheduler, DDPMScheduler
 from course_lib.snr import min_snr_weights
 from course_lib.text import CaptionTokenizer, CLIPConfig, TextEncoder, TinyCLIP, contrastive_loss, zero_shot_classify
@@ -42,14 +43,17 @@ __all__ = ["MiniSDConfig", "train_vae", "train_clip", "train_unet", "build_pipel
            "training_captions"]
 
 HELD_OUT_PAIRS = (("green", "triangle"), ("yellow", "circle"))
+WORLDS = ("shapes", "scenes")  # course_lib.data's one object at 32x32, course_lib.scenes' one or two at 64x64
 
 
 @dataclass
 class MiniSDConfig(JSONConfig):
     """Every knob of the miniature Stable Diffusion. Defaults: the real run (minutes on 2 CPU cores)."""
     seed: int = 0
+    world: str = "shapes"
     image_size: int = 32
     held_out_pairs: tuple = HELD_OUT_PAIRS
+    held_out_pairings: tuple = HELD_OUT_PAIRINGS  # scenes only: seen objects never drawn together
     num_train_images: int = 20000
     num_val_images: int = 512
     # 1. VAE
@@ -95,6 +99,7 @@ class MiniSDConfig(JSONConfig):
         check_choice("text_features", self.text_features, TEXT_FEATURES)
         check_float("ema_decay", self.ema_decay, minimum=0.0, maximum=1.0)
         check_float("guidance_scale", self.guidance_scale, minimum=0.0)
+        check_choice("world", self.world, WORLDS)
         if self.snr_gamma is not None:
             check_float("snr_gamma", self.snr_gamma, minimum=0.0, min_inclusive=False)
         self.held_out_pairs = tuple(tuple(p) for p in self.held_out_pairs)
@@ -102,6 +107,9 @@ class MiniSDConfig(JSONConfig):
         for pair in self.held_out_pairs:
             if pair not in known:
                 raise ValueError(f"held_out_pairs must hold (colour, shape) pairs from {sorted(known)}, got {pair!r}")
+        self.held_out_pairings = tuple(tuple(tuple(p) for p in pairing) for pairing in self.held_out_pairings)
+        if self.world == "scenes":  # the scenes dataset checks its held-out sets itself
+            SceneDataset(1, self.image_size, self.seed, "train", self.held_out_pairs, self.held_out_pairings)
         if self.image_size % self.vae.downsample_factor:
             raise ValueError(f"image_size must be divisible by the VAE's downsample factor "
                              f"{self.vae.downsample_factor}, got {self.image_size}")
@@ -114,15 +122,29 @@ class MiniSDConfig(JSONConfig):
                       unet=UNetConfig(block_channels=(32, 64), attention_levels=(1,), num_heads=2, context_dim=32,
                                       norm_groups=8),
                       unet_steps=30, unet_batch_size=16, num_inference_steps=5, checkpoint_every=20)
+        if overrides.get("world") == "scenes":
+            preset.update(image_size=64, num_train_images=256, vae=VAEConfig.scenes(), vae_batch_size=8,
+                          clip=CLIPConfig.tiny(image_widths=(8, 16, 16, 32)))
+        return cls(**{**preset, **overrides})
+
+    @classmethod
+    def scenes(cls, **overrides) -> "MiniSDConfig":
+        """The scenes world at Stable Diffusion's compression: 3x64x64 images -> 4x8x8 latents (f = 8)."""
+        preset = dict(world="scenes", image_size=64, num_train_images=10000, vae=VAEConfig.scenes(), vae_steps=600,
+                      vae_batch_size=16, clip=CLIPConfig.small(width=64, layers=2, embed_dim=64,
+                                                               image_widths=(8, 16, 32, 64)))
         return cls(**{**preset, **overrides})
 
 # ----------------------------------------------------------------------------------------------------------
 # Data and prompts
 # ----------------------------------------------------------------------------------------------------------
 
-def training_captions() -> list[str]:
-    """Every caption the grammar can produce: the tokenizer's vocabulary comes from these."""
+def training_captions(world: str = "shapes") -> list[str]:
+    """Captions holding every word of the world's grammar: the tokenizer's vocabulary comes from these."""
     from course_lib.data import POSITIONS, SIZES
+    check_choice("world", world, WORLDS)
+    if world == "scenes":
+        return scene_vocabulary()
     return [caption_for(c, s, size, pos) for c, s in all_pairs() for size in (None, *SIZES)
             for pos in (None, *POSITIONS)]
 
@@ -134,12 +156,18 @@ def prompt_set(pairs=None) -> list[tuple[str, int, int]]:
 
 
 def _train_data(config: MiniSDConfig) -> dict:
+    if config.world == "scenes":
+        return scenes_batch(config.num_train_images, seed=config.seed, image_size=config.image_size, split="train",
+                            held_out_pairs=config.held_out_pairs, held_out_pairings=config.held_out_pairings)
     return shapes_batch(config.num_train_images, seed=config.seed, image_size=config.image_size,
                         exclude_pairs=config.held_out_pairs, caption_style="mixed")
 
 
 def _val_data(config: MiniSDConfig) -> dict:
     """Held-out images of the *seen* pairs (another seed)."""
+    if config.world == "scenes":
+        return scenes_batch(config.num_val_images, seed=config.seed + 10_000, image_size=config.image_size,
+                            held_out_pairs=config.held_out_pairs, held_out_pairings=config.held_out_pairings)
     return shapes_batch(config.num_val_images, seed=config.seed + 10_000, image_size=config.image_size,
                         exclude_pairs=config.held_out_pairs, caption_style="short")
 
@@ -199,7 +227,7 @@ def train_vae(config: MiniSDConfig, out_dir: str | Path, data: dict | None = Non
 # ----------------------------------------------------------------------------------------------------------
 
 def make_tokenizer(config: MiniSDConfig) -> CaptionTokenizer:
-    return CaptionTokenizer.from_texts(training_captions(), max_length=config.clip.max_length)
+    return CaptionTokenizer.from_texts(training_captions(config.world), max_length=config.clip.max_length)
 
 
 def train_clip(config: MiniSDConfig, out_dir: str | Path, data: dict | None = None
@@ -229,18 +257,30 @@ def train_clip(config: MiniSDConfig, out_dir: str | Path, data: dict | None = No
                          checkpoint_dir=Path(out_dir) / "checkpoints/clip", checkpoint_every=config.checkpoint_every,
                          resume="latest", max_grad_norm=1.0, desc="2/3 CLIP")
     clip.eval()
-    val = _val_data(config)
-    prompts = prompt_set()
-    predicted, _ = zero_shot_classify(clip, tokenizer, val["image"], [p for p, _, _ in prompts])
-    target = torch.tensor([[s, c] for _, s, c in prompts])[predicted]
-    zero_shot = ((target[:, 0] == val["shape"]) & (target[:, 1] == val["colour"])).float().mean().item()
-    report = {"zero_shot_accuracy": zero_shot, "num_classes": len(prompts), "parameters":
+    zero_shot, num_classes = _zero_shot(config, clip, tokenizer)
+    report = {"zero_shot_accuracy": zero_shot, "num_classes": num_classes, "parameters":
               sum(p.numel() for p in clip.parameters()), "steps": config.clip_steps,
               "seconds": time.perf_counter() - start, "losses": history.losses}
     clip.save_pretrained(folder)
     tokenizer.save(folder / "tokenizer.json")
     atomic_write_json(folder / "report.json", report)
     return clip, tokenizer, report
+
+
+@torch.no_grad()
+def _zero_shot(config: MiniSDConfig, clip: TinyCLIP, tokenizer: CaptionTokenizer) -> tuple[float, int]:
+    """Shapes: classify held-out images among the 12 "a <colour> <shape>" prompts. Scenes: pick each image's
+    caption among the distinct captions of the validation set (retrieval)."""
+    val = _val_data(config)
+    if config.world == "scenes":
+        prompts = sorted(set(val["caption"]))
+        predicted, _ = zero_shot_classify(clip, tokenizer, val["image"], prompts)
+        right = [prompts[p] == caption for p, caption in zip(predicted.tolist(), val["caption"])]
+        return sum(right) / len(right), len(prompts)
+    prompts = prompt_set()
+    predicted, _ = zero_shot_classify(clip, tokenizer, val["image"], [p for p, _, _ in prompts])
+    target = torch.tensor([[s, c] for _, s, c in prompts])[predicted]
+    return ((target[:, 0] == val["shape"]) & (target[:, 1] == val["colour"])).float().mean().item(), len(prompts)
 
 
 # ----------------------------------------------------------------------------------------------------------

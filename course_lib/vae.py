@@ -101,6 +101,13 @@ class VAEConfig(JSONConfig):
                    norm_groups=4)
 
     @classmethod
+    def scenes(cls) -> "VAEConfig":
+        """The scenes world at Stable Diffusion's own compression: 3x64x64 -> 4x8x8 (f = 8, 48x fewer numbers).
+        Its training time and reconstruction: docs/results.md."""
+        return cls(in_channels=3, latent_channels=4, block_channels=(8, 16, 32, 64), layers_per_block=1,
+                   norm_groups=4)
+
+    @classmethod
     def digits(cls) -> "VAEConfig":
         """sklearn digits upsampled to 1x16x16 -> 2x8x8 latents (f = 2), 166k parameters. The digits hold only
         8x8 numbers of detail, so 2x8x8 loses nothing (measured: docs/results.md)."""
