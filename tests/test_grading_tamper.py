@@ -125,7 +125,10 @@ A2 = {  # student -> (status, score out of 14, test cells with no points)
     "a2-lying": ("graded", 10, ["test_attention", "test_attention_mask"]),
     "a2-function-mode": ("graded", 12, ["test_heads"]),
     "a2-dies-last": ("graded-partial-kernel-died", 14, []),
-    "a2-dies-in-answer": ("graded-partial-kernel-died", 12, ["test_heads"]),
+    # the answer cell that kills the kernel is left out: its names are missing, so the tests that use them fail;
+    # the three tests before it keep their points
+    "a2-dies-in-answer": ("graded-partial-kernel-died", 6, ["test_diffusers_match", "test_heads",
+                                                            "test_multi_head_attention"]),
 }
 
 
@@ -188,8 +191,8 @@ def _student(name: str, kind: str) -> str:
 def test_each_mechanism_scores_zero(batch, mechanism):
     course, statuses = batch
     status = statuses[("tamper", _student(mechanism, "hostile"))]
-    expected = getattr(HOSTILE[mechanism], "EXPECT_STATUS", "graded")
-    assert status.status in ("graded", expected), (mechanism, status.status, status.detail)
+    # graded, or graded-partial-kernel-died when the mechanism kills or hangs its kernel: never a bare failure
+    assert status.status in ("graded", "graded-partial-kernel-died"), (mechanism, status.status, status.detail)
     assert status.score == 0 and status.max_score == 8, (mechanism, status.score, status.detail)
     scores = cell_scores(course, "tamper", _student(mechanism, "hostile"))
     assert all(score == 0 for score, _ in scores.values()), scores

@@ -175,13 +175,14 @@ def _execute_surviving_deaths(run_once, fresh_sandbox, self, nb, resources, *arg
         finally:
             del self.preprocess_cell
     out_nb = result[0]
-    for index in skipped:
+    for index in dict.fromkeys(skipped):
         cell = out_nb.cells[index]
         cell.source = pristine.cells[index].source
         cell.outputs = [_death_error("the kernel died or stopped answering while running this cell (os._exit, a "
                                      "crash, the memory limit, a broken interpreter); the notebook was run again "
                                      "in a new kernel without it")]
-        DEATHS.append(_cell_name(pristine.cells, index))
+        if _cell_name(pristine.cells, index) not in DEATHS:
+            DEATHS.append(_cell_name(pristine.cells, index))
     return result
 
 

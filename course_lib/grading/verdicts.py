@@ -108,7 +108,7 @@ class Trial:
     outputs: dict
     submitted: Path
     generator: Any = None
-    error: str | None = None  # the probe's exception in the kernel, if any
+    error: str | None = None  # why the probe's outputs are missing (its exception in the kernel, ...), if so
 
 
 def load_checks(path) -> dict[str, Check]:
@@ -185,7 +185,7 @@ def _judge(check: Check, trial: Trial) -> str | None:
     if check.judge is not None:
         return check.judge(trial)
     if trial.error:
-        return f"it raised {trial.error}"
+        return trial.error
     for name, want in check.expect(trial.inputs).items():
         if name not in trial.outputs:
             return f"{name}: no value came back"
@@ -318,7 +318,7 @@ def _read_outputs(folder: Path, stem: str) -> tuple[dict, str | None]:
     if not isinstance(report, dict):
         return {}, "its outputs could not be read"
     if "error" in report:
-        return {}, str(report["error"])[:300]
+        return {}, f"it raised {str(report['error'])[:300]}"
     values = dict(report.get("values") or {})
     raw = read(f"{stem}.out.safetensors")
     if raw is None:

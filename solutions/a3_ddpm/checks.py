@@ -195,7 +195,7 @@ def _loss_inputs(g):
 
 def _loss_judge(trial):
     if trial.error:
-        return f"it raised {trial.error}"
+        return trial.error
     out, x0, abar = trial.outputs, trial.inputs["x0"].double(), trial.inputs["abar"].double()
     loss, x_t, t = out.get("loss"), out.get("x_t"), out.get("t")
     if out.get("calls") != 1:

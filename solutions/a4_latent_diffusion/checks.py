@@ -100,7 +100,7 @@ def _drop_inputs(g):
 
 def _drop_judge(trial):
     if trial.error:
-        return f"it raised {trial.error}"
+        return trial.error
     out, x = trial.outputs, trial.inputs
     for i, p in enumerate(x["p"].tolist()):
         labels = out.get(f"labels{i}")

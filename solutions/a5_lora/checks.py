@@ -64,7 +64,7 @@ def _base_out(x, i):
 
 def _init_judge(trial):
     if trial.error:
-        return f"it raised {trial.error}"
+        return trial.error
     x, out = trial.inputs, trial.outputs
     from course_lib.grading.verdicts import compare
 
@@ -291,7 +291,7 @@ def _export_judge(trial):
     from course_lib.grading.verdicts import compare
 
     if trial.error:
-        return f"it raised {trial.error}"
+        return trial.error
     x, out = trial.inputs, trial.outputs
     tensors = {k[len("tensor "):]: v for k, v in out.items() if k.startswith("tensor ") and isinstance(v, torch.Tensor)}
     try:
@@ -352,7 +352,7 @@ def _training_judge(trial):
     from course_lib.sd.tiny import SD15_SCHEDULER
 
     if trial.error:
-        return f"it raised {trial.error}"
+        return trial.error
     out, x = trial.outputs, trial.inputs
     losses = out.get("losses")
     if not isinstance(losses, list) or len(losses) != 3 or out.get("types") != ["float"] * 3:
