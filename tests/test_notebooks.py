@@ -96,6 +96,8 @@ def test_notebook_follows_the_conventions(stem):
 
 def _check_outputs(path: Path, allowed: bool) -> None:
     nb = _read(path)
+    # pairing lives in jupytext.toml; jupytext metadata in a notebook would also reach the students' release
+    assert "jupytext" not in nb.metadata, f"{path.name}: remove metadata.jupytext ({nb.metadata['jupytext']})"
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     for i, cell in enumerate(nb.cells):
         outputs = cell.get("outputs", [])
