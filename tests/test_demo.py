@@ -132,7 +132,7 @@ REPORT_FIELDS = {
 @pytest.mark.slow
 def test_fast_demo_writes_every_artefact(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["--fast", "--out", str(out), "--seeds-per-prompt", "2"]) == 0
+    assert main(["--fast", "--world", "shapes", "--out", str(out), "--seeds-per-prompt", "2"]) == 0
     for name in ("samples.png", "img2img.png", "inpaint.png", "losses.png", "report.json", "config.json",
                  "pipeline/pipeline.json", "pipeline/unet/model.safetensors", "pipeline/unet/config.json",
                  "pipeline/vae/model.safetensors", "pipeline/text_encoder/model.safetensors",
@@ -151,7 +151,7 @@ def test_fast_demo_writes_every_artefact(tmp_path, capsys):
     assert "prompt accuracy" in capsys.readouterr().out
 
     # running again resumes: nothing is retrained, the report is reproduced
-    assert main(["--fast", "--out", str(out), "--seeds-per-prompt", "2"]) == 0
+    assert main(["--fast", "--world", "shapes", "--out", str(out), "--seeds-per-prompt", "2"]) == 0
     again = json.loads((out / "report.json").read_text())
     assert again["training_seconds"] == report["training_seconds"]
     assert again["prompt_accuracy"]["seen"] == quality["seen"]
@@ -184,3 +184,59 @@ def test_cli_help_lists_the_budgets(capsys):
     text = capsys.readouterr().out
     for option in ("--fast", "--unet-steps", "--seed", "--out", "--fresh", "--threads"):
         assert option in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The scenes world (the default demo)
+# ---------------------------------------------------------------------------------------------------------
+
+def test_scenes_config_round_trip_and_validation():
+    config = MiniSDConfig.scenes()
+    assert config.world == "scenes" and config.image_size == 64 and config.vae.downsample_factor == 8
+    assert MiniSDConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert MiniSDConfig.from_dict(json.loads(json.dumps(MiniSDConfig.fast(world="scenes").to_dict()))) \
+        == MiniSDConfig.fast(world="scenes")
+    with pytest.raises(ValueError, match="world"):
+        MiniSDConfig(world="cities")
+    with pytest.raises(ValueError, match="held_out_pairings"):  # pairs a held-out (never seen) object
+        MiniSDConfig.scenes(held_out_pairings=[[["green", "triangle"], ["red", "circle"]]])
+    with pytest.raises(ValueError, match="image_size"):  # 32 is not divisible by f = 8 times the UNet's 2
+        MiniSDConfig.scenes(image_size=36)
+
+
+def test_scenes_tokenizer_knows_every_word_of_the_grammar():
+    from course_lib.scenes import scenes_batch
+    tokenizer = minisd.make_tokenizer(MiniSDConfig.scenes())
+    for caption in scenes_batch(60, seed=3)["caption"] + scenes_batch(20, seed=3, split="held_out_pairings")["caption"]:
+        assert tokenizer.unk_token_id not in tokenizer.encode(caption), caption
+
+
+SCENES_REPORT_KEYS = {"binding", "relation", "count", "kid", "total_train_seconds", "latent_shape", "fid_like",
+                      "evaluator", "vae", "clip", "unet", "training_seconds"}
+
+
+@pytest.mark.slow
+def test_fast_scenes_demo_writes_every_artefact_and_resumes(tmp_path, capsys):
+    out = tmp_path / "scenes"
+    argv = ["--fast", "--out", str(out), "--num-images", "20", "--unet-steps", "8", "--vae-steps", "4",
+            "--clip-steps", "4", "--train-images", "64"]
+    assert main(argv) == 0
+    for name in ("samples.png", "relations.png", "losses.png", "report.json", "config.json",
+                 "pipeline/pipeline.json", "pipeline/vae/model.safetensors", "evaluator/model.safetensors"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert SCENES_REPORT_KEYS <= set(report) and report["world"] == "scenes"
+    assert report["latent_shape"] == [4, 8, 8]
+    assert {"seen", "held_out", "held_out_pairs", "held_out_pairings"} <= set(report["binding"])
+    for key in ("binding", "relation", "count"):
+        for part in ("seen", "held_out"):
+            assert 0.0 <= report[key][part] <= 1.0, (key, part)
+    assert set(report["kid"]) >= {"generated_vs_real", "standard_error", "real_vs_real"}
+    assert report["kid"]["standard_error"] >= 0 and report["total_train_seconds"] > 0
+    assert 0.0 <= report["vae"]["reconstruction"]["judge_on_reconstructions"]["count"] <= 1.0
+    assert "binding" in capsys.readouterr().out
+    # running again resumes: nothing is retrained, the judged figures are reproduced
+    assert main(argv) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["training_seconds"] == report["training_seconds"]
+    assert again["binding"] == report["binding"] and again["kid"] == report["kid"]
