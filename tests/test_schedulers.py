@@ -415,3 +415,80 @@ _s = _x()
 def test_bad_input_raises_value_error_naming_the_argument(call, argname):
     with pytest.raises(ValueError, match=argname):
         call()
+
+
+# --- v-prediction (Salimans & Ho 2022): v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 ----------------------
+
+SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("t", [0, 1, 500, 980, 999])
+def test_v_prediction_step_with_exact_v_equals_epsilon_step_with_exact_eps(kind, t):
+    """Fed the true v, a v-scheduler takes the step an eps-scheduler takes when fed the true eps."""
+    from _numerics import assert_within_rounding
+    cls = KINDS[kind][0]
+    by_type = {p: cls(**SD_BETAS, prediction_type=p, clip_sample=False) for p in ("epsilon", "v_prediction")}
+    for sched in by_type.values():
+        sched.set_timesteps(1000)  # every timestep is a step, so t' = t - 1 for both
+    x0, eps, z = _x(seed=30), _x(seed=31), _x(seed=32)
+    t_batch = torch.full((x0.shape[0],), t)
+    x_t = by_type["epsilon"].add_noise(x0, eps, t_batch)
+    v = by_type["epsilon"].get_velocity(x0, eps, t_batch)
+    kwargs = {"variance_noise": z} if kind == "ddpm" else {}
+    a = by_type["epsilon"].step(eps, t, x_t, **kwargs)
+    b = by_type["v_prediction"].step(v, t, x_t, **kwargs)
+    # both recover x0 and eps from (x_t, output) in a few roundings of terms of size <= |x_t| + |x0| + |eps| + |v|;
+    # the eps path divides by sqrt(abar_t) (0.068 at t = 999), which scales its rounding errors by 1 / sqrt(abar_t)
+    sqrt_abar = float(by_type["epsilon"].alphas_cumprod[t]) ** 0.5
+    magnitude = (x_t.abs() + x0.abs() + eps.abs() + v.abs() + z.abs()) / sqrt_abar
+    assert_within_rounding(b.pred_original_sample, a.pred_original_sample, magnitude, depth=8)
+    assert_within_rounding(b.prev_sample, a.prev_sample, magnitude, depth=12)
+    assert_within_rounding(b.pred_original_sample, x0, magnitude, depth=8)
+
+
+@pytest.mark.parametrize("prediction_type, gain", [
+    ("epsilon", lambda abar: ((1 - abar) / abar) ** 0.5),   # x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+    ("v_prediction", lambda abar: (1 - abar) ** 0.5),       # x0 = sqrt(abar) x_t - sqrt(1 - abar) v
+    ("sample", lambda abar: 1.0),
+])
+def test_output_error_reaches_x0_hat_with_the_parameterisations_gain(prediction_type, gain):
+    """An error delta in the model output moves x0_hat by -gain(abar_t) * delta.
+
+    Tensors are float64, but the scheduler forms its coefficients from float32 abar_t (as diffusers does), so
+    each coefficient carries a float32 rounding: the bound is a few float32 roundings of the terms' size.
+    """
+    sched = DDIMScheduler(**SD_BETAS, prediction_type=prediction_type, clip_sample=False)
+    sched.set_timesteps(1000)
+    x0, eps, delta = (_x(seed=s, dtype=torch.float64) for s in (33, 34, 35))
+    for t in (10, 500, 999):
+        abar = float(sched.alphas_cumprod[t])
+        x_t = abar ** 0.5 * x0 + (1 - abar) ** 0.5 * eps
+        exact = {"epsilon": eps, "v_prediction": abar ** 0.5 * eps - (1 - abar) ** 0.5 * x0, "sample": x0}
+        shift = sched.step(exact[prediction_type] + delta, t, x_t).pred_original_sample - x0
+        sign = 1.0 if prediction_type == "sample" else -1.0
+        output = exact[prediction_type] + delta
+        magnitude = (x_t.abs() + output.abs() + x0.abs()) / abar ** 0.5
+        bound = 4 * 3 * torch.finfo(torch.float32).eps / 2 * magnitude  # 3 roundings, both sides, safety 2
+        assert ((shift - sign * gain(abar) * delta).abs() <= bound).all()
+        assert (shift.abs() > 100 * bound).any()  # the effect measured is far above the rounding
+
+
+def test_v_prediction_ddim_loop_with_sd_settings_matches_diffusers():
+    """DDIM, 25 steps, SD's betas with steps_offset=1, set_alpha_to_one=False, no clipping, prediction_type
+    "v_prediction": ours and diffusers' agree on every step, within the rounding of a few products of terms."""
+    from _numerics import assert_within_rounding
+    settings = dict(SD_BETAS, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False,
+                    steps_offset=1)
+    ours, theirs = DDIMScheduler(**settings), diffusers.DDIMScheduler(**settings)
+    ours.set_timesteps(25)
+    theirs.set_timesteps(25)
+    assert torch.equal(ours.timesteps, theirs.timesteps)
+    x = _x(seed=36)
+    for t in ours.timesteps:
+        v = _fake_model(x, t)
+        out, ref = ours.step(v, t, x), theirs.step(v, t, x)
+        magnitude = 2 * (x.abs() + v.abs())  # x0_hat = a x - b v and eps_hat = a v + b x, coefficients <= 1
+        assert_within_rounding(out.pred_original_sample, ref.pred_original_sample, magnitude, depth=6)
+        assert_within_rounding(out.prev_sample, ref.prev_sample, magnitude, depth=10)
+        x = ref.prev_sample
