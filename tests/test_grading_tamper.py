@@ -289,7 +289,7 @@ UNCHECKED: set[tuple[str, str]] = set()  # (assignment, test) allowed without a 
 
 
 @pytest.mark.parametrize("assignment", sorted(p.name for p in (ROOT / "solutions").iterdir()
-                                              if (p / "checks.py").is_file()))
+                                              if (p / "checks.py").is_file() and (p / f"{p.name}.ipynb").is_file()))
 def test_checks_name_real_test_cells(assignment):
     nb = nbformat.read(str(ROOT / "solutions" / assignment / f"{assignment}.ipynb"), as_version=4)
     tests = {c.metadata["nbgrader"]["grade_id"] for c in nb.cells

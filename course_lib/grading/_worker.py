@@ -12,6 +12,10 @@ that read then write meet, so every worker holds an exclusive file lock (grading
 nbgrader touches the gradebook, that is for the whole ``api.autograde`` call except the execution of the
 notebook (``Execute.preprocess``, the long part), during which the lock is released. Scores are read back
 under the lock too. Gradebook phases are short (well under a second), so N workers still grade in parallel.
+
+A kernel that dies (os._exit, a crash, the memory limit) or stops answering while a cell runs does not lose the
+submission: the notebook is run again in a new kernel (a fresh sandbox) without that cell, at most MAX_DEATHS
+times, the cell gets an error output, and the outcome is ``graded-partial-kernel-died`` with the cell named.
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ nbgrader autogrades in two passes over each notebook, and this module adds prepr
     sanitize pass   ClearOutput -> RebuildFromSource -> DeduplicateIds -> OverwriteKernelspec -> OverwriteCells
                     -> CheckCellMetadata
     autograde pass  InjectGuard -> InjectProbes -> Execute -> ApplyVerdicts -> ReviewOutputs -> IgnorePattern
-                    -> ClearMetadata -> LimitOutput -> SaveAutoGrades -> RestoreStderr -> AssignLatePenalties -> CheckCellMetadata
+                    -> ClearMetadata -> LimitOutput -> SaveAutoGrades -> RestoreStderr -> AssignLatePenalties
+                    -> CheckCellMetadata
 
 Glossary:
     source cell     a cell of the instructor's source notebook that carries nbgrader metadata (grade_id)
@@ -34,7 +35,9 @@ What each hostile submission gets (the README's instructor section has the same 
     an answer that calls the library piece it should implement   its tests get no credit, noted
 
 The guard runs inside the student's kernel, so it cannot stop an attack aimed at the guard itself (code that
-finds and disables it); such code is flagged by the static scan (``tampering`` notes) for a human to read.
+finds and disables it); such code is flagged by the static scan (``tampering`` notes) for a human to read. The
+guard is not what protects the points: ``course_lib.grading.verdicts`` checks every test's answer in the grading
+worker, on new inputs, where the student's code cannot reach (docs/grading_security.md).
 """
 from __future__ import annotations
 

@@ -210,7 +210,8 @@ _PROBE_CELL = '''def _grader_probe(code={code!r}, stem={stem!r}):
         ns.update(inputs=load_file(stem + ".in.safetensors"), outputs={{}})
         exec(compile(code, "<the grader's check>", "exec"), ns)
         out = ns["outputs"]
-        tensors = {{k: v.detach().to("cpu").clone().contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}}
+        tensors = {{k: v.detach().to("cpu").clone().contiguous() for k, v in out.items()
+                   if isinstance(v, torch.Tensor)}}
         report["values"] = {{k: v for k, v in out.items() if not isinstance(v, torch.Tensor)}}
         save_file(tensors, stem + ".out.safetensors")
     except BaseException as err:
@@ -367,7 +368,7 @@ class ApplyVerdicts(NbGraderPreprocessor):
                 text = f"the grader's own check of {test} on new inputs failed: {problem}"
                 cell.outputs.append(from_dict({"output_type": "error", "ename": "GraderCheckFailed",
                                                "evalue": text, "traceback": [f"GraderCheckFailed: {text}"]}))
-                notes.append(f"{test}: no credit, {text}" + (" (the test itself passed in the kernel)" if passed else ""))
+                notes.append(f"{test}: no credit, {text}" + (" (the test itself passed in the kernel)" * passed))
         resources.setdefault("course_verdicts", {})[pending["notebook"]] = {
             t: failures.get(t, "passed") for t in pending["tests"]}
         return nb, resources

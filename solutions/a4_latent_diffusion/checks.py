@@ -31,7 +31,8 @@ for i in range(4):
     images = inputs[f"{i}.images"].clone().requires_grad_(True)
     loss = clip_loss(images, inputs[f"{i}.texts"], scale)
     loss.backward()
-    outputs[f"{i}.loss"], outputs[f"{i}.grad_scale"], outputs[f"{i}.grad_images"] = loss.detach(), scale.grad, images.grad
+    outputs[f"{i}.loss"], outputs[f"{i}.grad_scale"] = loss.detach(), scale.grad
+    outputs[f"{i}.grad_images"] = images.grad
 """
 
 
@@ -122,7 +123,8 @@ def _drop_judge(trial):
         return "p = 0.3 should drop about 30 % of 400 rows"
     if not torch.equal(out.get("again", rows * 0), rows):
         return "the same generator seed must drop the same rows"
-    if not torch.equal(out.get("zero", rows * 0), cond) or not torch.equal(out.get("one", rows * 0), null.expand_as(cond)):
+    zero, one = out.get("zero", rows * 0), out.get("one", rows * 0)
+    if not torch.equal(zero, cond) or not torch.equal(one, null.expand_as(cond)):
         return "p = 0 keeps every row, p = 1 drops every row"
     if out.get("untouched") is not True:
         return "the inputs must not change"

@@ -327,7 +327,8 @@ with torch.no_grad():
         layer.lora_B.weight.zero_()
 frozen = {n: p.detach().clone() for n, p in unet.named_parameters() if not p.requires_grad}
 losses = train_lora_steps(unet, inputs["latents"], inputs["context"], noise_scheduler, num_steps=3,
-                          learning_rate=1e-3, batch_size=2, generator=torch.Generator().manual_seed(int(inputs["seed"])))
+                          learning_rate=1e-3, batch_size=2,
+                          generator=torch.Generator().manual_seed(int(inputs["seed"])))
 outputs["losses"] = [float(v) for v in losses] if isinstance(losses, list) else repr(type(losses))
 outputs["types"] = [type(v).__name__ for v in losses] if isinstance(losses, list) else []
 outputs["frozen changed"] = [n for n, p in unet.named_parameters() if n in frozen and not torch.equal(p, frozen[n])]

@@ -57,7 +57,7 @@ assert_close(softmax(_x), torch.softmax(_x, dim=-1))
 ### BEGIN HIDDEN TESTS
 assert torch.allclose(softmax(_x * 10).sum(-1), torch.ones(2))
 ### END HIDDEN TESTS"""),
-    "test_count": ("count_positive", 2, """assert count_positive(torch.tensor([1.0, -1.0, 2.0, 0.0])) == 2, "two entries are > 0"
+    "test_count": ("count_positive", 2, """assert count_positive(torch.tensor([1.0, -1.0, 2.0, 0.0])) == 2, "two are > 0"
 ### BEGIN HIDDEN TESTS
 assert count_positive(torch.zeros(3)) == 0
 ### END HIDDEN TESTS"""),
