@@ -26,6 +26,8 @@ import os
 from pathlib import Path
 
 import nbgrader.apps  # noqa: F401  (imported here so that the forkserver imports it once, before forking)
+import safetensors.torch  # noqa: F401  (likewise: the grader's checks run in every worker; no torch op runs here,
+import torch  # noqa: F401               so no thread is started before the fork)
 
 
 def _timed_out_cells(course, assignment: str, student: str) -> list[str]:

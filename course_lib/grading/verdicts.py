@@ -245,6 +245,7 @@ def _new_code_cell(nb, source: str, cell_id: str, metadata: dict):
 def _seeded_generator():
     import torch
 
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))  # like the kernels (torch came preloaded)
     return torch.Generator().manual_seed(secrets.randbits(62))
 
 
