@@ -193,6 +193,8 @@ class CLIPConfig(JSONConfig):
     """Sizes of TinyCLIP. ``width`` is the text encoder's hidden size: the UNet's cross-attention context_dim.
 
     image_widths: channels of the image CNN's stages; stage 0 keeps the resolution, each later stage halves it.
+    causal: True (CLIP's choice) lets token i attend to tokens 0..i only; False lets every token see the whole
+    caption (bidirectional, as BERT/T5 encoders, e.g. Imagen's), so "circle" in "a red circle" knows its colour.
     """
     vocab_size: int = 64
     max_length: int = 16
@@ -207,9 +209,12 @@ class CLIPConfig(JSONConfig):
     logit_scale_init_value: float = math.log(1 / 0.07)
     pad_token_id: int = 0
     eos_token_id: int = 2
+    causal: bool = True
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, minimum=len(SPECIAL_TOKENS))
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal must be a bool, got {self.causal!r}")
         check_int("max_length", self.max_length, minimum=2)
         for name in ("width", "layers", "heads", "mlp_ratio", "embed_dim", "image_size", "image_channels"):
             check_int(name, getattr(self, name), minimum=1)
@@ -307,7 +312,10 @@ class TextEncoder(nn.Module):
         attention_mask = self._check_inputs(input_ids, attention_mask)
         batch = input_ids.shape[0]
         x = self.embed(input_ids)  # (B, L, width)
-        mask = causal_padding_mask(attention_mask)  # (B, 1, L, L)
+        if self.config.causal:
+            mask = causal_padding_mask(attention_mask)  # (B, 1, L, L)
+        else:  # bidirectional: every token may attend to every non-padding token
+            mask = attention_mask.bool()[:, None, None, :].expand(-1, 1, attention_mask.shape[1], -1)
         for block in self.blocks:
             x = block(x, mask)
         x = self.final_layer_norm(x)

@@ -232,3 +232,17 @@ def test_kid_of_real_scenes_against_real_scenes_is_near_zero(quick_judge):
     shifted_mean, _ = scene_kid(classifier, a, scenes_batch(80, seed=33, split="held_out_pairs")["image"] * 0.5,
                                 num_blocks=4)
     assert abs(mean) < 4 * se + 1e-9 and shifted_mean > mean + 4 * se
+
+
+def test_bidirectional_text_encoder_lets_earlier_tokens_see_later_ones():
+    """The recipe's text-encoder choice (CLIPConfig.causal): with causal=False the state of "red" in
+    "a red circle" depends on "circle"; with CLIP's causal mask it cannot."""
+    from course_lib.text import CLIPConfig, TextEncoder
+    ids = torch.tensor([[1, 5, 6, 7, 2], [1, 5, 6, 8, 2]])  # two captions that differ only in the 4th token
+    for causal in (True, False):
+        torch.manual_seed(0)
+        encoder = TextEncoder(CLIPConfig.tiny(vocab_size=10, causal=causal)).eval()
+        with torch.no_grad():
+            hidden = encoder(ids, torch.ones_like(ids)).last_hidden_state  # (2, 5, width)
+        earlier_equal = torch.equal(hidden[0, :3], hidden[1, :3])
+        assert earlier_equal is causal, causal
