@@ -182,8 +182,10 @@ for d, (big, jac), (big_s, jac_s) in zip(dims, stats[False], stats[True]):
 # %% [markdown]
 # Without the scale (red), the typical query's largest weight climbs towards 1 as $d$ grows, and the
 # Jacobian, the gradient signal for $W_q$ and $W_k$, collapses by orders of magnitude (log scale). With it (blue) both stay put
-# whatever the width. Stable Diffusion 1.x uses heads of width 40 to 160: without the scale it would sit
-# far to the right of these plots.
+# whatever the width. Stable Diffusion 1.x uses heads of width 40 to 160 (320, 640 and 1280 channels split
+# into 8 heads; lecture 7 reads them from its config): the middle of these plots, between $d = 32$ and
+# $d = 256$. Without the scale a typical query there would already be close to one-hot (largest weight 0.86
+# at $d = 64$ in the printout above, against 0.10 with the scale).
 #
 # ## 4. Many heads
 #
@@ -339,8 +341,9 @@ for label, side in (("SD 1.5, 512 px image -> 64x64 latent", 64), ("pixel space,
 # - **Causal mask**: token $i$ sees tokens $\le i$. CLIP's text encoder uses it, so a word's embedding
 #   depends only on the words before it.
 # - **Padding mask**: prompts are padded to a fixed length (77 in SD); a key mask hides the padding
-#   tokens. (SD 1.x, for the record, lets the UNet attend to CLIP's padding tokens: they carry summary
-#   information after the causal text encoder.)
+#   tokens. (SD 1.x, for the record, lets the UNet attend to CLIP's padding tokens: diffusers'
+#   `StableDiffusionPipeline` passes no text mask to the UNet, and after the causal text encoder those tokens
+#   carry summary information.)
 
 # %%
 L = 8
@@ -386,7 +389,8 @@ print("other rows unaffected:", torch.allclose(ours_out[0, 3:], torch_out[0, 3:]
 # ## 7. Attention maps as heat maps
 #
 # In a trained Stable Diffusion, the cross-attention weights of the word "cat" over the $64 \times 64$
-# positions form a heat map that outlines the cat: that is how prompt-to-prompt editing and attention
+# positions form a heat map that outlines the cat (reported by Hertz et al. 2022, *Prompt-to-Prompt*, for
+# Imagen and latent diffusion; not run here): that is how prompt-to-prompt editing and attention
 # visualisations work. We will record real ones from our own UNet in a later lecture. Here we build a
 # cross-attention layer **by hand**, with weights we choose, so you can predict every map before you see it.
 #

@@ -294,9 +294,15 @@ plt.show()
 
 
 # %% [markdown]
-# At small $t$ the noise is a faint film over a clean digit: telling it apart from the digit's own detail
-# is hard, and the loss is high. At large $t$ the input is almost pure noise, so "the noise is the
-# input" is nearly right and the loss is tiny. A low training loss therefore says little about sample
+# The curve falls by more than two orders of magnitude from $t = 0$ to $t$ near 1000. At small $t$ the
+# noise is a faint film over a clean digit: telling it apart from the digit's own detail is hard, and the
+# $\varepsilon$-loss is high. At large $t$ the input is almost pure noise, so "the noise is the input" is
+# nearly right and the $\varepsilon$-loss is tiny. Measured on the *image* instead, the picture flips: since
+# $\hat x_0 - x_0 = -\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}\,(\hat\varepsilon - \varepsilon)$, the squared error
+# on $\hat x_0$ is the $\varepsilon$-error divided by $\mathrm{SNR}(t) = \bar\alpha_t/(1-\bar\alpha_t)$, which is
+# huge at small $t$ and tiny near $t = 1000$. So the low-noise timesteps are *easy* in image terms (the digit
+# is barely touched) and *high-loss* in noise terms; both statements describe the same model (question 4, and
+# lecture 6's min-SNR weighting, build on this). A low training loss therefore says little about sample
 # quality: only sampling does.
 #
 # ## 6. The reverse step (Algorithm 2)
@@ -427,5 +433,5 @@ fig = show_images(torch.cat([s for _, s in few]), ncols=8,
 #    $\hat x_0$ is the best guess at that point; noising it helps nothing.
 # 4. Not necessarily. $\hat x_0 - x_0 = -\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}\,(\hat\varepsilon - \varepsilon)$: at small
 #    $t$ the factor is tiny, so a large $\varepsilon$ error is a small image error. The loss weighting
-#    across $t$ is a real design choice (min-SNR weighting, v-prediction), discussed later in the course.
+#    across $t$ is a real design choice: min-SNR weighting (lecture 6) and v-prediction (lecture 12).
 # </details>

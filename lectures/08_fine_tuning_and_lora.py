@@ -17,9 +17,10 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/lectures/08_fine_tuning_and_lora.ipynb)
 #
-# You have a 1-billion-parameter model and 20 pictures of your dog. Fine-tuning all 860M UNet weights
-# needs a big GPU and produces a 3.4 GB file per concept. LoRA (Hu et al. 2021) trains less than 0.1% of
-# that and produces a 3 MB file that can be switched on, off, scaled and mixed with others.
+# You have a model of 1.07 billion parameters (lecture 7 counts them) and 20 pictures of your dog.
+# Fine-tuning all 860M UNet weights needs a big GPU and produces a 1.7 GB file per concept (fp16). LoRA
+# (Hu et al. 2021) trains less than 0.1% of that and produces a 3 MB file that can be switched on, off,
+# scaled and mixed with others (section 1 prints all three figures).
 #
 # **What you will learn**
 # - how many numbers full fine-tuning and LoRA train: $r(d + k)$ per layer instead of $dk$; 797,184 in
@@ -102,7 +103,9 @@ ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 #   B \in \mathbb{R}^{d \times r},\; A \in \mathbb{R}^{r \times k}.$$
 # A layer then trains $r(d + k)$ numbers instead of $dk$. For a $1280 \times 1280$ projection at $r = 4$:
 # 10,240 instead of 1,638,400 (0.6%). The bet behind LoRA is that the change a fine-tune needs has low
-# *intrinsic rank*, which worked for GPT-3 and works remarkably well for SD.
+# *intrinsic rank*, which worked for GPT-3 (Hu et al.) and, as reported for SD by diffusers' LoRA guide and
+# Cuenca & Paul's Hugging Face blog post (Jan. 2023), works well for SD too; section 6 only shows the
+# mechanics, on the tiny twin.
 #
 # Below: every attention projection of SD v1.5's UNet (on the meta device), grouped by shape.
 
@@ -282,11 +285,13 @@ torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
 # Two numbers multiply the update, and they play different roles:
 # $$h = W_0 x + s \cdot \frac{\alpha}{r} \, B A x .$$
 #
-# - $\alpha / r$ is fixed at training time. With Adam, each step changes $B$ and $A$ by roughly the
-#   learning rate, so the size of $BA$'s change grows with $r$; dividing by $r$ keeps the effective step
-#   the same when you change the rank, so a learning rate tuned at one $r$ still works at another. Hu et
-#   al. set $\alpha$ to the first $r$ they tried and never tuned it; diffusers' SD scripts use
-#   $\alpha = r$ (scaling 1). If you raise `alpha` you raise the effective learning rate.
+# - $\alpha / r$ is fixed at training time. Hu et al. (2021, section 4.1) introduced it as a heuristic: they
+#   set $\alpha$ to the first $r$ they tried, never tuned it, and divided by $r$ so that changing the rank
+#   would need less retuning of the learning rate. It is a convention, not a law: Kalajdzievski (2023,
+#   *rank-stabilized LoRA*, rsLoRA) shows that $\alpha / r$ shrinks the update too much at large ranks (the
+#   learning slows as $r$ grows) and that $\alpha / \sqrt r$ keeps it stable across ranks (peft:
+#   `LoraConfig(use_rslora=True)`). diffusers' SD scripts use $\alpha = r$ (scaling 1). If you raise `alpha`
+#   you raise the effective learning rate.
 # - $s$, the **LoRA scale**, is an inference-time knob: 0 is the base model, 1 the LoRA as trained, 0.5 a
 #   gentler version, above 1 an exaggerated one. In diffusers: `pipe(..., cross_attention_kwargs={"scale": s})`
 #   or `pipe.set_adapters(names, adapter_weights=...)`; in the course: `generate(pipe, ..., lora_scale=s)`.
@@ -334,8 +339,9 @@ fig = plot_losses(result.losses, smooth=0.95, title="LoRA training loss (one ima
 fig.savefig(OUT / "lora_loss.png", dpi=90)
 
 # %% [markdown]
-# One image and one random $t$ per step make the curve noisy: the loss at $t$ near 0 is tiny and at $t$
-# near 1000 large, whatever the model. A fairer test fixes the noise and the timesteps, and compares the
+# One image and one random $t$ per step make the curve noisy: for noise prediction the loss at $t$ near 0 is
+# large and at $t$ near 1000 tiny, whatever the model (lecture 3's per-timestep plot shows the same fall of
+# more than two orders of magnitude), so each step's value says more about its $t$ than about the LoRA. A fairer test fixes the noise and the timesteps, and compares the
 # same UNet with the LoRA switched off ($s = 0$) and on ($s = 1$), on the concept's images and, as a
 # control, on pictures the LoRA never saw (blue circles with their own caption).
 
@@ -388,8 +394,8 @@ fig.savefig(OUT / "lora_effect.png", dpi=90)
 # ### The LoRA scale as a slider
 #
 # Same prompt, same seeds, different $s$. The tiny model's pictures are textures, so look at *how much*
-# they change rather than at what they show; with the real model (workshop) the concept fades in as $s$
-# goes from 0 to 1. The slider below redraws the images for any $s$ (it needs a live notebook; the static
+# they change rather than at what they show; with the real model (the workshop, lecture 10) you can watch
+# the concept fade in as $s$ goes from 0 to 1. The slider below redraws the images for any $s$ (it needs a live notebook; the static
 # figure is drawn once so the notebook also reads well without one).
 
 # %%
@@ -507,7 +513,8 @@ fig.savefig(OUT / "two_loras.png", dpi=90)
 # a before/after grid with fixed seeds. Things to carry over:
 #
 # - rank 4 to 16 and learning rate 1e-4 are good starting points; LoRA tolerates a 10x larger learning
-#   rate than full fine-tuning (1e-5 or less);
+#   rate than full fine-tuning (1e-5 or less) (reported elsewhere, not measured here: the defaults of
+#   diffusers' `train_text_to_image_lora.py` and `train_text_to_image.py` examples);
 # - use a rare token ("sks") for a new subject, so you do not overwrite a word the model already uses;
 # - judge with fixed seeds and several prompts, including prompts *without* your token, to see what else
 #   the LoRA changed.
@@ -548,7 +555,7 @@ fig.savefig(OUT / "two_loras.png", dpi=90)
 # 5. You retrain a LoRA at rank 16 instead of 4 and keep alpha = 4. What happens to the scaling, and what would you expect if instead alpha = r = 16?
 #    <details><summary>Answer</summary>
 #
-#    alpha / r drops from 1 to 0.25, which roughly compensates for the larger update of a higher-rank BA: the same learning rate behaves similarly. With alpha = r = 16 the scaling stays 1 and the effective learning rate grows with the rank.
+#    alpha / r drops from 1 to 0.25: the update is scaled down 4x, which is Hu et al.'s heuristic for keeping one learning rate across ranks. It over-corrects at large ranks: rsLoRA (Kalajdzievski 2023) shows that alpha / sqrt(r) is the rank-stable scaling; here that is 4 / sqrt(16) = 1 instead of 0.25, so alpha / r slows the rank-16 LoRA down. With alpha = r = 16 the scaling stays 1, and the update of a rank-16 BA is larger than at rank 4 for the same learning rate.
 #
 #    </details>
 #

@@ -456,7 +456,7 @@ fig.savefig(OUT / "disconnect_demo.png", dpi=80)
 # 5. The loss curve barely moves, but the validation images change a lot. Is the LoRA learning?
 #    <details><summary>Answer</summary>
 #
-#    Probably yes: the noise-prediction loss is dominated by the random timestep (easy at small t, hard at large t), so per-step values are noisy and the average falls only a little. Judge by fixed-seed images and, if needed, a fixed-noise evaluation loss as in lecture 8.
+#    Probably yes: the noise-prediction loss is dominated by the random timestep (for eps-prediction it is large at small t and tiny near t = 1000, as lecture 3's per-timestep plot shows), so per-step values are noisy and the average falls only a little. Judge by fixed-seed images and, if needed, a fixed-noise evaluation loss as in lecture 8.
 #
 #    </details>
 #

@@ -236,7 +236,9 @@ finally:
 # %% [markdown]
 # ## Part 4: a tiny VAE (2 points)
 #
-# Digits are small enough for a multilayer perceptron. Write `TinyVAE` with
+# Digits are small enough for a multilayer perceptron. This flat MLP latent is the contrast to Stable
+# Diffusion's convolutional VAE, whose latent is a small image (lectures 1 and 6); assignment a8_conv_vae has you
+# build that convolutional VAE and grades it against diffusers' `AutoencoderKL`. Write `TinyVAE` with
 #
 # - `encode(x)`: images `(B, 1, 16, 16)` -> `(mean, logvar)`, each `(B, LATENT_DIM)`. Flatten the 256 pixels, use a
 #   couple of hidden layers (e.g. 256 units with SiLU), and let one final linear layer predict `2 * LATENT_DIM`
@@ -419,7 +421,7 @@ if os.path.exists(WEIGHTS):
 #
 # - Train with `BETA = 0.1` and `BETA = 4`: how do the reconstructions and the interpolations change?
 # - Decode `z = torch.randn(16, LATENT_DIM)`: samples from the prior. Which $\beta$ gives better-looking samples, and why?
-# - Lecture 4 replaces this MLP with a convolutional VAE whose latent keeps a spatial layout (4 x 8 x 8), as in Stable Diffusion.
+# - Lectures 1 and 6 replace this MLP with a convolutional VAE whose latent keeps a spatial layout (4 x 8 x 8), as in Stable Diffusion; assignment a8_conv_vae builds SD's own convolutional VAE.
 
 # %% [markdown]
 # ## Submitting
