@@ -9,9 +9,9 @@ One batch, graded by ONE call of the public ``autograde`` (2 jobs):
                     and events, threads, signals, gc/ctypes writes, forged files and outputs, os._exit, ...).
                     Every one must score 0. One submission per legal-but-unusual solution (legal/*.py:
                     nn.Module instances, lambdas, generators, closures, threads loading data): full marks.
-    a2_attention    the real assignment: its solution, the two attacks of the issue paired with wrong answers
-                    (lying comparisons, an interpreter-wide TorchFunctionMode), and kernels that die (os._exit)
-                    in the last cell and inside an answer: tests that passed keep their points.
+    a2_attention    the real assignment: the two attacks of the issue paired with wrong answers (lying
+                    comparisons, an interpreter-wide TorchFunctionMode), and a kernel that dies (os._exit) in the
+                    last answer cell: the tests that do not need that cell keep their points.
 
 The verdicts come from course_lib.grading.verdicts (the worker compares what the kernel computed on fresh inputs
 with its own reference); ``test_the_kernel_was_fooled_often`` shows the suite is not empty talk: many mechanisms
@@ -121,14 +121,10 @@ def merge_heads(x):
     return x.reshape(B, N, h * d)
 '''
 A2 = {  # student -> (status, score out of 14, test cells with no points)
-    "a2-solution": ("graded", 14, []),
     "a2-lying": ("graded", 10, ["test_attention", "test_attention_mask"]),
     "a2-function-mode": ("graded", 12, ["test_heads"]),
-    "a2-dies-last": ("graded-partial-kernel-died", 14, []),
-    # the answer cell that kills the kernel is left out: its names are missing, so the tests that use them fail;
-    # the three tests before it keep their points
-    "a2-dies-in-answer": ("graded-partial-kernel-died", 6, ["test_diffusers_match", "test_heads",
-                                                            "test_multi_head_attention"]),
+    # os._exit at the end of the last answer cell: that cell is left out (its test fails), the rest keep points
+    "a2-dies-in-last-answer": ("graded-partial-kernel-died", 11, ["test_diffusers_match"]),
 }
 
 
@@ -138,10 +134,8 @@ def _a2_submission(student: str, source):
         _cell(nb, "scaled_dot_product_attention").source = A2_LYING
     elif student == "a2-function-mode":
         _cell(nb, "heads").source = A2_FUNCTION_MODE
-    elif student == "a2-dies-last":
-        nb.cells.append(_code("import os\nos._exit(1)", "the-end"))
-    elif student == "a2-dies-in-answer":
-        _cell(nb, "heads").source += "\nimport os\nos._exit(1)"
+    elif student == "a2-dies-in-last-answer":
+        _cell(nb, "load_diffusers_attention").source += "\n\nimport os\nos._exit(1)"
     return nb
 
 
