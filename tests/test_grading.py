@@ -453,18 +453,20 @@ def test_toy_term_from_the_command_line(toy, tmp_path, capsys):
     assert not (toy.autograded_dir / "endless" / "toy").exists(), "a killed run must not leave a half graded copy"
     assert main(["feedback", "toy"]) == 0
     assert (toy.feedback_dir / "ok" / "toy" / "toy.html").is_file()
-    assert not (toy.feedback_dir / "endless").exists() and not (toy.feedback_dir / "crash").exists()
+    assert not (toy.feedback_dir / "endless").exists() and (toy.feedback_dir / "crash" / "toy" / "toy.html").is_file()
     assert main(["export", str(tmp_path / "grades.csv")]) == 0
     with open(tmp_path / "grades.csv", newline="") as f:
         rows = {(r["student"], r["assignment"]): r for r in csv.DictReader(f)}
-    expected = {("ok", "toy"): "graded", ("crash", "toy"): "failed-kernel-died",
+    expected = {("ok", "toy"): "graded", ("crash", "toy"): "graded-partial-kernel-died",  # run again without the cell
                 ("endless", "toy"): "failed-timeout", ("empty", "toy"): "failed-no-notebook",
                 ("bad id", "toy"): "failed-invalid-student-id", ("ok", "toy2"): "failed-not-autograded",
                 ("crash", "toy2"): "missing", ("endless", "toy2"): "missing", ("empty", "toy2"): "missing",
                 ("bad id", "toy2"): "missing"}
     assert {key: row["status"] for key, row in rows.items()} == expected
     assert rows[("ok", "toy")]["score"] == "3.0" and rows[("ok", "toy")]["max_score"] == "3.0"
-    assert all(row["score"] == "" for key, row in rows.items() if expected[key] != "graded"), "never a silent 0"
+    assert rows[("crash", "toy")]["score"] == "0.0", "graded without the fatal cell (no weights handed in either)"
+    assert all(row["score"] == "" for key, row in rows.items() if not expected[key].startswith("graded")), \
+        "never a silent 0"
     assert all(row["max_score"] == "3.0" for row in rows.values())
     out = capsys.readouterr().out
     assert "failed-timeout" in out and "wrote 10 row(s)" in out
