@@ -265,7 +265,7 @@ fig.tight_layout()
 # The loss does not go to zero, and should not: a batch of 128 captions from a small grammar contains
 # duplicates ("a red circle" may describe five different images). Those pairs are **false negatives**: the loss
 # asks the model to tell apart images that their captions do not distinguish. Real CLIP has the same problem at a
-# smaller rate (400 M web captions are rarely identical).
+# smaller rate (its 400 M web captions, as Radford et al. 2021 report, are rarely identical).
 #
 # ## 5. The logits matrix, before and after
 #
@@ -452,3 +452,31 @@ ax.set_title("per-token vectors of the two captions: identical (0) before 'red'/
 # 6. Your prompt for SD has 90 BPE tokens. What happens to the last words, and why?
 # 7. How did zero-shot accuracy on the held-out pairs compare with the seen pairs? What does that say about
 #    what the embedding space has learned?
+#
+# <details><summary>Answers (try first)</summary>
+#
+# 1. 512 is CLIP ViT-B/32's width; SD v1 uses ViT-L/14's text encoder, 768 wide. And the UNet does not get one
+#    pooled sentence embedding but the last hidden state, one vector per token: $(B, 77, 768)$, as printed in
+#    section 1.
+# 2. At initialisation the two encoders are unrelated, so all logits in a row are about equal and each row's
+#    softmax is nearly uniform: cross-entropy $\approx \log B$ (section 4 printed 2.2755 against
+#    $\log 8 = 2.0794$). A loss of $\log 2$ at $B = 128$ means the model gives the true pair about half of the
+#    probability on average, as if torn between it and one other candidate: typically a duplicate caption.
+# 3. Only each image's softmax over the captions would be normalised. A caption could then score high with
+#    many images (a "hub" text embedding), as long as every image scores its own caption a little higher, and
+#    text-to-image retrieval, which is what a text-to-image model needs, would not be trained.
+# 4. For each of the two rows, to score its own caption above the other one, which is impossible: identical
+#    captions have identical embeddings, so the two logits are equal and the loss of those rows cannot fall
+#    below $\log 2$; the gradient pushes against a tie. Fix: count every image whose caption is identical as a
+#    positive (multi-positive or soft targets), or avoid duplicate captions in a batch.
+# 5. With a causal mask, position $i$ sees tokens $0..i$: `<bos>` has seen only itself (the same vector for
+#    every caption), `<eos>` is the only position that has seen the whole caption. Appending "at the top left"
+#    leaves the vectors of `<bos> a red circle` unchanged (section 7: identical before the first difference);
+#    only `<eos>` moves to the end and new positions appear.
+# 6. The tokenizer truncates to 77 tokens (`<|startoftext|>`, 75 word pieces, `<|endoftext|>`), so the last 15
+#    are dropped silently: the text encoder has only 77 position embeddings, and the UNet was trained on 77
+#    vectors.
+# 7. Essentially the same: 0.991 on the held-out pairs against 0.993 on the seen ones (section 6). The embedding
+#    space encodes colour and shape as separate attributes that combine, rather than one point per memorised
+#    pair, so a pair it never saw together still lands in the right place.
+# </details>

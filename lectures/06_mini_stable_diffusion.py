@@ -18,8 +18,11 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/lectures/06_mini_stable_diffusion.ipynb)
 #
 # Time to put lectures 1–5 together. We train, on a CPU and from scratch, a text-to-image model with Stable
-# Diffusion's exact recipe: a VAE that compresses images into latents, a CLIP text encoder that turns prompts
-# into token vectors, and a UNet that denoises latents while cross-attending to those vectors. Then we use it
+# Diffusion's recipe in miniature: a VAE that compresses images into latents, a CLIP text encoder that turns
+# prompts into token vectors, and a UNet that denoises latents while cross-attending to those vectors. Two
+# departures from SD's own training: our UNet loss adds min-SNR-γ weighting (section 5; SD v1 used the plain
+# ε-MSE), and our VAE is trained on the negative ELBO alone, while SD's autoencoder also had a perceptual
+# (LPIPS) and a patch-based adversarial loss (Rombach et al. 2022). Then we use it
 # the ways people use SD: text-to-image, image-to-image, inpainting, and we look inside its cross-attention.
 #
 # **What you will learn**
@@ -220,7 +223,8 @@ print("\none SpatialTransformer:\n", block)
 # Training data: rendered shapes with captions, without the two held-out colour-shape pairs. The VAE learns
 # $x \in [-1,1]^{3\times32\times32} \to z \in \mathbb R^{4\times8\times8}$ (12x fewer numbers). Afterwards we measure
 # the spread of the latents and pick the scale factor $s = 1/\mathrm{std}(z)$ so that the diffusion model sees
-# unit-variance inputs (SD v1's $s = 0.18215$ was found the same way).
+# unit-variance inputs (SD v1's $s = 0.18215$ was found the same way, as Rombach et al. 2022 report; lecture 7
+# reads it from SD v1.5's VAE config).
 
 # %%
 data = shapes_batch(config.num_train_images, seed=config.seed, image_size=config.image_size,
@@ -302,8 +306,12 @@ print(f"loss {loss.item():.3f}; every UNet parameter got a gradient:",
 # %% [markdown]
 # `train_unet` runs exactly this step thousands of times, with three refinements: it encodes every image and
 # caption once up front (they are frozen, so their outputs never change), it weights the loss per timestep with
-# **min-SNR-γ** (Hang et al. 2023: low-noise timesteps are easy and would otherwise dominate the gradient), and it
-# keeps an **EMA** of the weights for sampling. It checkpoints as it goes: interrupt the cell and run it again to
+# **min-SNR-γ** (Hang et al. 2023, γ = 5), and it keeps an **EMA** of the weights for sampling. Min-SNR reads the
+# loss in image terms. Since $\lVert\epsilon - \hat\epsilon\rVert^2 = \mathrm{SNR}(t)\,\lVert z_0 - \hat z_0\rVert^2$, the
+# plain ε-loss is an image loss weighted by $\mathrm{SNR}(t)$, which is enormous at low noise. The low-noise
+# timesteps are *easy* in image terms (the latent is barely noised, $\hat z_0$ is nearly right) yet give the
+# *largest* ε-errors, as lecture 3's per-timestep plot shows, so they dominate the gradient. Min-SNR caps the
+# image-loss weight at γ, i.e. multiplies sample $i$'s ε-loss by $\min(\mathrm{SNR}(t_i), \gamma)/\mathrm{SNR}(t_i)$. It checkpoints as it goes: interrupt the cell and run it again to
 # continue.
 
 # %%
@@ -443,7 +451,8 @@ ax.tick_params(axis="x", labelrotation=45)
 # drawn as rounded squares (an 8 × 8 latent has few cells to tell them apart). The held-out pairs lag behind the
 # seen ones: "green triangle" composes fairly well, "yellow circle" tends to come out as a yellow square, the
 # shape the model saw most often in yellow. Composing attributes that never co-occurred in training is hard for
-# small models, and still a known weakness of real ones ("a red cube on a blue sphere").
+# small models, and still a known weakness of real ones ("a red cube on a blue sphere"; reported for SD v1.x and
+# its successors by T2I-CompBench, Huang et al. 2023, not run here).
 #
 # How does the guidance scale trade fidelity to the prompt against realism? The same seeds, four scales:
 
@@ -474,17 +483,19 @@ fig.tight_layout()
 #
 # The UNet never sees words: it sees the text encoder's token states, and in a small *causal* encoder the state
 # of "circle" is computed from "a yellow circle", so it carries the colour at least as strongly as the shape.
-# Measured on the text encoder of the library's demo run: the cosine similarity between the state of "circle"
-# in "a yellow circle" and the state of "square" in "a yellow square" is **0.89**; with the state of "circle"
-# in "a red circle" it is only **0.18**. To the UNet, the prompt it never saw looks like one it knows well.
+# Reported in `docs/results.md` (measured there on the text encoder of the library's demo run, not computed in
+# this notebook): the cosine similarity between the state of "circle" in "a yellow circle" and the state of
+# "square" in "a yellow square" is **0.89**; with the state of "circle" in "a red circle" it is only **0.18**. To the UNet, the prompt it never saw looks like one it knows well.
 #
 # A fix that costs almost nothing: give the UNet, next to those $L$ states, the $L$ *context-free* token
 # embeddings (word + position, layer-normalised), so that "circle" also reaches the cross-attention on its own.
 # That is `MiniSDConfig(text_features="last_hidden_state+token_embeddings")`, the library's default recipe
 # (this lecture keeps Stable Diffusion v1.5's choice, `"last_hidden_state"`, to show the failure). With the
-# same VAE, CLIP and UNet budget (`bench/ablations.py`, see `docs/results.md`), held-out prompt accuracy goes
-# from 0.50 ("a yellow circle": 0 of 8 right) to 1.00, seen pairs stay at 1.00, and the FID-like distance falls
-# from 261 to 172. Real systems fight the same effect with bigger text encoders (Imagen's T5) or several
+# same VAE, CLIP and UNet budget, `bench/ablations.py` reports (in `docs/results.md`; a 2500-step run of the
+# library's recipe, not this notebook's) held-out prompt accuracy going from 0.500 ("a yellow circle": 0 of 8
+# right) to 1.000, seen pairs staying at 1.000, and its FID-like distance falling from 260.7 to 172.5. (Those
+# FID-like values come from another evaluator and budget: do not compare them with the one printed in
+# section 7.) Real systems fight the same effect with bigger text encoders (Imagen's T5) or several
 # encoders at once (SDXL, eDiff-I).
 # Try it: set `text_features="last_hidden_state+token_embeddings"` in the config cell at the top and re-run.
 
@@ -493,7 +504,9 @@ fig.tight_layout()
 #
 # Encode an image, noise its latent to an intermediate timestep with the forward process, and run only the
 # remaining part of the chain with a new prompt. `strength` $\in [0, 1]$ is the share of the chain that is
-# re-run: $0$ returns the input (through the VAE), $1$ ignores it. In between, the noise has erased detail up to
+# re-run: $0$ returns the input (through the VAE); $1$ re-runs all 25 steps, starting at $t = 961$, where the
+# noised latent still holds $\sqrt{\bar\alpha_{961}} = 0.085$ of the input against $0.996$ of noise (this
+# pipeline's DDIM schedule: SD's scaled-linear betas, `steps_offset = 1`): almost, not exactly, ignored. In between, the noise has erased detail up to
 # some scale, and the model redraws everything below that scale according to the prompt. Watch the order in which
 # things change: colour first (already at 0.1–0.2, through intermediate hues), then shape (0.3–0.5), and only at
 # high strength the layout, size and position, which the noise has finally erased.
@@ -537,8 +550,8 @@ attach_widget(show_img2img, widgets.FloatSlider(value=0.6, min=0.0, max=1.0, ste
 # A mask says which pixels to generate (1) and which to keep (0). We sample as for txt2img, but after every
 # step the *known* region of the latent is overwritten by the original latent, noised to the current level, so
 # the model only invents the masked part, and invents it to fit what surrounds it ("blended" inpainting, which
-# works with any text-to-image model; SD's dedicated inpainting checkpoint instead takes the mask as extra
-# UNet input channels). Here we replace an object: the mask is the yellow square's region, grown by a few pixels,
+# works with any text-to-image model; SD's dedicated inpainting checkpoint instead takes the mask and the masked
+# image's latent as 5 extra UNet input channels, 9 in all, as its model card reports). Here we replace an object: the mask is the yellow square's region, grown by a few pixels,
 # and the prompt asks for something else. The model has to put the new object *inside* the hole, because the
 # black background it is shown everywhere else says "nothing here".
 
@@ -588,8 +601,9 @@ for prompt in attention_prompts:
 # tokens). What the full run shows:
 #
 # - `<bos>` and "a" light up the **background**: pixels with nothing to draw attend to the tokens that carry no
-#   content, a "no-op" key. Real SD's `<|startoftext|>` plays the same role and receives most of the attention,
-#   which is why prompt-to-prompt visualisations leave it out.
+#   content, a "no-op" key. In real SD, `<|startoftext|>` is reported to play the same role and to receive
+#   most of the attention, which is why attention visualisations leave it out (Chefer et al. 2023,
+#   *Attend-and-Excite*; not run here).
 # - Most words about the object ("small", "blue", "triangle") light up the **object**, but not every one in every
 #   prompt, and some function words ("at") do too. Lecture 5 explains why: the text encoder is causal, so "at"
 #   has already read the colour and the shape before it and can stand in for them. Which token carries a piece of
@@ -625,3 +639,39 @@ for prompt in attention_prompts:
 #    encoder or in the UNet? Design an experiment that tells them apart.
 # 8. Why do `<bos>` and "a" light up the background rather than the object in the cross-attention maps? What
 #    would happen to the background pixels' attention if every token carried content?
+#
+# <details><summary>Answers (try first)</summary>
+#
+# 1. The timestep enters every ResBlock (a projection of the time embedding is added to its feature map); the
+#    text enters only through cross-attention (`attn2`) in the SpatialTransformers. A single pooled vector
+#    added to the time embedding would give every pixel the same summary of the prompt: no pixel could pick
+#    the word that concerns it, so "which colour goes with which object, and where" would be much harder to
+#    express, and there would be no per-token attention maps (section 10).
+# 2. The UNet learns the distribution of the VAE's latents. If the VAE kept training, that target would move
+#    under it, and the diffusion loss would push the encoder towards latents that are easy to denoise rather
+#    than faithful (in the limit, latents that carry little of the image). Freezing also lets training encode
+#    every image and caption once. The text encoder is frozen for the same reasons and to keep CLIP's
+#    text-image alignment.
+# 3. ResBlocks: 62.6% of SD v1.5's UNet (52.6% of ours). Cross-attention is 5.1%: its $W_K$ and $W_V$ map the
+#    768-wide text vectors to the block width, applied to only 77 tokens, and its attention matrix is
+#    $HW \times 77$ instead of self-attention's $HW \times HW$.
+# 4. That the skips are concatenated, not added: `up_blocks.0.resnets.0` takes 128 = 64 + 64 channels,
+#    `up_blocks.1.resnets.0` 96 = 64 + 32, one skip per down-path output, consumed in reverse order.
+# 5. The text encoder is frozen, so a caption's $\tau(y)$ never changes: computing it once saves a forward pass
+#    per step. $z_t$ cannot be stored: it depends on the $t$ and $\epsilon$ drawn fresh at every step. What can be
+#    stored is the VAE's posterior of each image (mean and standard deviation), which `train_unet` does.
+# 6. `int(25 * 0.3)` = 7 steps, at 2 UNet evaluations each with guidance: 14 (7 batched calls). It starts at
+#    $t = 241$ (this pipeline's 25 timesteps are 961, 921, ..., 1; the last 7 begin at 241).
+# 7. Half of it. This run printed 0.50 for the held-out pairs against 0.94 for the seen ones; the per-prompt
+#    chart shows "a green triangle" right at every seed and "a yellow circle" at none (it comes out as a yellow
+#    square). To tell text encoder from UNet, compare the
+#    encoder's token states (section 7's cosine similarities: if "a yellow circle" looks like "a yellow square"
+#    to the UNet, the information never reached it), or retrain only the UNet with
+#    `text_features="last_hidden_state+token_embeddings"` on the same frozen VAE and CLIP: if held-out accuracy
+#    recovers, the bottleneck was what the text encoder's states expose, not the UNet's ability to compose.
+# 8. The softmax makes every pixel spend one unit of attention on the tokens. Background pixels have nothing
+#    to draw, so they put it on tokens that carry no content (`<bos>`, "a"): a no-op key. If every token
+#    carried content, those pixels would have to attend to some content token and would pull its features
+#    into the background (a halo of colour, stray shapes), unless the model learned to turn one token into a
+#    sink anyway.
+# </details>

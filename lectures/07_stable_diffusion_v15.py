@@ -168,8 +168,12 @@ fig.savefig(OUT / "sd15_parameters.png", dpi=90)
 #
 # ### A correction: SD v1 uses CLIP **ViT-L/14**, not ViT-B/32
 #
-# Many blog posts say that SD v1 conditions on CLIP ViT-B/32. It does not: it uses the text tower of OpenAI's CLIP **ViT-L/14** (width 768, 12 layers, 12 heads, 123M
-# parameters). ViT-B/32's text tower is 512 wide (63M parameters). The configs settle it: the UNet's
+# A claim that circulates in tutorials and course notes is that SD v1 conditions on CLIP ViT-B/32, the model of
+# CLIP's own README example (`clip.load("ViT-B/32")`) and of many CLIP tutorials. It does not. The primary
+# sources say ViT-L/14: the SD v1 model cards ("a fixed, pretrained text encoder (CLIP ViT-L/14)"), Rombach et
+# al. 2022, and the CompVis code, whose `FrozenCLIPEmbedder` loads `openai/clip-vit-large-patch14`. SD v1 uses
+# the text tower of OpenAI's CLIP **ViT-L/14** (width 768, 12 layers, 12 heads, 123M parameters);
+# ViT-B/32's text tower is 512 wide (63M parameters). The configs printed here settle it: the UNet's
 # cross-attention keys and values are projections *from 768 dimensions*. (SD 2.x later switched to
 # OpenCLIP ViT-H/14, width 1024.)
 
@@ -227,7 +231,8 @@ print(f"  {'scheduler':>12}: {type(components.scheduler).__name__}")
 # have a standard deviation of about 5.5, so SD multiplies them by **0.18215** $\approx 1/5.49$ before
 # diffusion: the diffusion process assumes data of roughly unit variance, the same scale as the noise
 # $\epsilon \sim \mathcal{N}(0, I)$. The authors measured that number once on a batch of training
-# images; the cell below measures it the same way on a few shape pictures. (The twin's VAE is random, so
+# images (Rombach et al. 2022, appendix; the 5.5 is reported there, not measured here: only the config's
+# 0.18215 is printed below); the cell below measures it the same way on a few shape pictures. (The twin's VAE is random, so
 # its value means nothing, and its reconstruction is not the input.)
 
 # %%
@@ -383,10 +388,10 @@ fig.savefig(OUT / "ddim_x0_trajectory.png", dpi=80, bbox_inches="tight")
 # pipe.scheduler.config)` does exactly that: it copies the betas and timestep settings and ignores
 # what the new class does not use.
 #
-# | sampler | idea | typical steps |
+# | sampler | idea | typical steps (reported by the samplers' papers and diffusers' docs, not measured here) |
 # |---|---|---|
 # | PNDM (SD's default) | pseudo linear multistep: reuses the last 4 noise predictions | 50 |
-# | DDIM | the deterministic non-Markovian sampler of lecture 3 | 50 |
+# | DDIM | the deterministic sampler of lecture 4, derived from a non-Markovian forward process | 50 |
 # | Euler | Euler steps on the probability-flow ODE in Karras' $\sigma$ parameterisation; starts from $\sigma_{max} \approx 14.6$ | 30-50 |
 # | DPM-Solver++ (2M) | second-order multistep ODE solver in $\hat x_0$ form; good images in 20-25 steps | 20-25 |
 
@@ -417,7 +422,8 @@ fig.savefig(OUT / "scheduler_timesteps.png", dpi=90)
 
 # %% [markdown]
 # All four read the training schedule, and `from_config` also hands them SD's `timestep_spacing =
-# "leading"`: PNDM, DDIM and Euler visit 901, 801, ..., 1 for 10 steps, while DPM-Solver++ builds its
+# "leading"`: PNDM, DDIM and Euler visit every (1000 / n)-th timestep, 961, 921, ..., 1 for the 25 steps printed
+# above (PNDM repeats 921), while DPM-Solver++ builds its
 # own grid and takes its last step to a noise-free latent. PNDM's first step needs one extra UNet call; Euler works
 # with $\sigma_t = \sqrt{(1 - \bar\alpha_t)/\bar\alpha_t}$ and starts from noise of that size, hence its
 # `init_noise_sigma`. (Passing `timestep_spacing="trailing"` to `from_config` starts at $t = 999$, which
@@ -440,8 +446,12 @@ fig = show_images(grid, titles=[f"{name}, {s} steps ({seconds[name, s]:.1f} s)" 
 
 
 # %% [markdown]
-# On the real model, DDIM and PNDM at 10 steps are still soft, while Euler and DPM-Solver++ are already
-# close to their 25-step result: fewer steps is the cheapest speed-up there is.
+# The twin's pictures are textures, so this grid only shows that every sampler runs on the same UNet. On the
+# real model, reported elsewhere and not run here: DPM-Solver++ "with only 20 steps can generate high-quality
+# samples, and it can generate quite good samples even in 10 steps" (diffusers' `DPMSolverMultistepScheduler`
+# documentation; Lu et al. 2022 report the same for guided sampling with SD), while DDIM needs more steps for
+# the same quality (Lu et al. 2022). On Colab, with the real model, this cell lets you check it yourself: fewer
+# steps is the cheapest speed-up there is.
 #
 # Try it yourself: pick a sampler and a step count and press *Run Interact* (the widget does nothing until
 # you press it, so the notebook also runs without a browser).
