@@ -504,15 +504,16 @@ def test_kernel_sees_only_the_allow_list_and_no_other_clone_of_the_course(batch,
 
 
 def test_bytes_written_per_submission_are_capped(batch, tmp_path):
-    """One file cannot pass the cap (RLIMIT_FSIZE: the write stops at it), and many files together stop the sandbox: the writer
-    that tries 64x the cap is killed long before, and limit.txt says why."""
+    """One file cannot pass the cap (RLIMIT_FSIZE: the write stops at it), and many files together stop the
+    sandbox: the writer that tries 64x the cap is killed long before, and limit.txt says why."""
     course, _ = batch
     cap = 8 << 20
     code = ("import errno, os\ntry:\n    open('big', 'wb').write(bytes(cap + 4096))\n"
             "except OSError as err:\n    assert err.errno == errno.EFBIG, err\n"
             "if os.path.getsize('big') <= cap:\n    os.remove('big')\n"
             "for i in range(64 * cap >> 20):\n    with open(f'part{i}', 'wb') as f:\n        f.write(bytes(1 << 20))\n"
-            "        f.flush()\n        os.fsync(f.fileno())\nopen('finished', 'w').write('1')").replace("cap", str(cap))
+            "        f.flush()\n        os.fsync(f.fileno())\nopen('finished', 'w').write('1')"
+            ).replace("cap", str(cap))
     exit_code, workdir, _ = _run_launcher(course, tmp_path, code, write_bytes=cap)
     assert not (workdir / "big").exists() and not (workdir / "finished").exists(), "the writer was not stopped"
     assert exit_code == 128 + 9, f"expected the sandbox killed, got exit {exit_code}"

@@ -681,7 +681,8 @@ def _bwrap_argv(policy: dict, argv: list[str], connection: bytes | None, fontlis
         box.file(fontlist, f"/tmp/matplotlib/{Path(policy['matplotlib_cache']).name}", 0o644)
     if connection is not None:
         box.file(connection, "/tmp/runtime/kernel.json", 0o644)
-    box.add("--remount-ro", "/dev", "--remount-ro", "/", "--chdir", policy["workdir"], "--", *command, *_prlimit(policy["limits"]), *argv)
+    box.add("--remount-ro", "/dev", "--remount-ro", "/", "--chdir", policy["workdir"], "--", *command,
+            *_prlimit(policy["limits"]), *argv)
     return box
 
 
