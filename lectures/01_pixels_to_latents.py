@@ -470,7 +470,7 @@ print(f"at abar_t = {abar}: SNR with scaled latents {abar * (scale_factor * z).v
 # %% [markdown]
 # The stronger the KL, the closer $\operatorname{std}(z)$ is to 1: our kept VAE ($\beta = 10^{-3}$, a *large*
 # $\beta$ by SD's standards) needs little rescaling, the sweep's $\beta = 10^{-5}$ VAE noticeably more, and
-# SD's VAE ($\beta \approx 10^{-6}$) a factor 5.5. The scale factor does not make the latents Gaussian (the
+# SD's VAE ($\beta \approx 10^{-6}$) a factor 5.5 ($1/0.18215$; reported, not measured here). The scale factor does not make the latents Gaussian (the
 # tall peak is the black background, which covers most of every image), only unit-scale:
 # without it the signal-to-noise ratio at every timestep would be off by the factor $\operatorname{var}(z)$,
 # and the schedule would spend its steps in the wrong place. Note that $s$ belongs to the VAE: a
@@ -516,7 +516,7 @@ print("saved", sorted(p.name for p in Path(folder).iterdir()))
 #
 # 1. $128 \times 128 \times 4 = 65{,}536$ numbers, again 48x fewer than $1024^2 \times 3$. Positions go
 #    from 4096 to 16,384: the attention matrix grows 16x (which is why SD-XL drops attention at its
-#    highest-resolution level).
+#    highest-resolution level, as Podell et al. 2023 report).
 # 2. Sampling with a $\sigma$ that the KL keeps away from 0 forces nearby latents to decode to similar
 #    images: that is what makes the latent space smooth and filled. With the mean only and $\beta = 0$ it
 #    is a plain autoencoder; $\sigma$ gets no gradient from the reconstruction, and if sampled, it would

@@ -165,8 +165,8 @@ for name, s in schedules.items():
 # %% [markdown]
 # None of them reaches $\bar\alpha_T = 0$ exactly: training never shows the model pure noise, yet sampling
 # starts from it (Lin et al., WACV 2024, *Common diffusion noise schedules and sample steps are flawed*). For
-# SD's scaled-linear schedule the leftover signal is noticeable: that is why SD struggles to make very
-# dark or very bright images.
+# SD's scaled-linear schedule the leftover signal is noticeable ($\bar\alpha_T = 4.66 \times 10^{-3}$ above): that is
+# why SD struggles to make very dark or very bright images (reported by Lin et al. for SD, not run here).
 #
 # **Explorer.** Pick a schedule and a timestep: the same noise is added to six digits, and the curve
 # shows where you are. In a live notebook the controls redraw the figure; executed headless it shows the
