@@ -2,7 +2,8 @@
 PRELUDE = '''import sys, linecache
 
 def _skip_asserts(frame, event, arg):
-    if frame.f_code.co_filename.startswith(("<ipython-input", "/tmp/ipykernel")) or "ipykernel" in frame.f_code.co_filename:
+    name = frame.f_code.co_filename  # the notebook's cells only (ipykernel's own code must keep running)
+    if name.startswith("<ipython-input") or "/ipykernel_" in name:
         frame.f_trace_lines = True
         if event == "line":
             line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
