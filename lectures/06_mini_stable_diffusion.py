@@ -506,14 +506,20 @@ fig.tight_layout()
 # remaining part of the chain with a new prompt. `strength` $\in [0, 1]$ is the share of the chain that is
 # re-run: $0$ returns the input (through the VAE); $1$ re-runs all 25 steps, starting at $t = 961$, where the
 # noised latent still holds $\sqrt{\bar\alpha_{961}} = 0.085$ of the input against $0.996$ of noise (this
-# pipeline's DDIM schedule: SD's scaled-linear betas, `steps_offset = 1`): almost, not exactly, ignored. In between, the noise has erased detail up to
-# some scale, and the model redraws everything below that scale according to the prompt. Watch the order in which
+# pipeline's DDIM schedule, SD's scaled-linear betas with `steps_offset = 1`; the cell below prints it): the
+# input is almost, not exactly, ignored. In between, the noise has erased detail up to some scale, and the
+# model redraws everything below that scale according to the prompt. Watch the order in which
 # things change: colour first (already at 0.1–0.2, through intermediate hues), then shape (0.3–0.5), and only at
 # high strength the layout, size and position, which the noise has finally erased.
 
 # %%
 source = shapes_batch(4, seed=config.seed + 40_000, image_size=config.image_size, pairs=[("red", "circle")])
 STRENGTHS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8)
+pipe.scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+t_first = int(pipe.scheduler.get_timesteps_for_strength(1.0)[0])        # where strength 1 starts
+abar_first = float(pipe.scheduler.alphas_cumprod[t_first])
+print(f"strength 1: {NUM_INFERENCE_STEPS} steps from t = {t_first}, where z_t keeps sqrt(abar) = "
+      f"{abar_first ** 0.5:.3f} of the input's latent and sqrt(1 - abar) = {(1 - abar_first) ** 0.5:.3f} of noise")
 
 
 def img2img_row(strength, prompt="a blue square"):

@@ -198,7 +198,7 @@ del real, b32
 # ## 2. Load the model
 #
 # `load_sd_components` loads the five parts (UNet, VAE, text encoder, tokenizer, scheduler) from the hub at
-# a pinned commit, in fp16 on a GPU, and skips the 1.2 GB safety checker. `load_model_or_tiny`
+# a pinned commit, in fp16 on a GPU, and skips the safety checker (about 1.2 GB of weights in the hub repo). `load_model_or_tiny`
 # (`course_lib.sd.fallback`, used by lectures 7-10) wraps it: `MODEL = "auto"` picks the real model only
 # when a GPU is present and not in FAST mode; if the download fails (no network) the cell says so and
 # continues with the tiny twin.
