@@ -335,7 +335,8 @@ CHECKS = {
     "test_drop_condition": Check(probe=DROP, inputs=_drop_inputs, judge=_drop_judge),
     # u + w (c - u) with |u|, |c| < ~5 and w < 12: ~1.2e-7 * 120 * 2 ~ 3e-5
     "test_cfg_combine": Check(probe=CFG, inputs=_cfg_inputs, expect=_cfg_expected, rtol=1e-5, atol=5e-5),
-    "test_generate": Check(probe=GENERATE, inputs=_generate_inputs, expect=_generate_expected, rtol=1e-4, atol=1e-4),
+    # images after a few UNet + VAE passes (~40 layers, group norms), computed in two processes: ~1e-3
+    "test_generate": Check(probe=GENERATE, inputs=_generate_inputs, expect=_generate_expected, rtol=1e-3, atol=1e-3),
     "test_img2img_timesteps": Check(probe=IMG2IMG, inputs=_img2img_inputs, expect=_img2img_expected),
     "test_prompt_colour": Check(judge=_accuracy_judge("colour_acc", MIN_COLOUR_ACCURACY)),
     "test_prompt_shape": Check(judge=_accuracy_judge("shape_acc", MIN_SHAPE_ACCURACY)),

@@ -2,7 +2,10 @@
 
 References: closed forms in float64 from the float32 inputs, and peft / diffusers run here on the same weights.
 A LoRA layer is two or three matrix products of values ~1 over <= 64 terms: float32 error ~1.2e-7 * 64 * 3
-~ 3e-5 relative to the magnitude, hence rtol 1e-5 with atol 1e-4 (1e-4 on the tiny UNet's output, as the test).
+~ 3e-5 relative to the magnitude, hence rtol 1e-5 with atol 1e-4. The tiny UNet's output compared across two
+processes (the student's adapters in the kernel, peft's here) goes through ~50 layers with group norms that
+rescale errors and activations up to ~30: ~1.2e-7 * 30 * 300 ~ 1e-3 (1.5e-4 was seen on a correct answer);
+wrong answers are off by 0.1 or more.
 """
 import json
 import math
@@ -17,6 +20,7 @@ from course_lib.grading.verdicts import Check
 ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_PATH = "a5_lora_weights.safetensors"
 CONCEPT_PROMPT = "a photo of sks toy"
+_UNET_TOLERANCE = (1e-3, 1e-3)  # rtol, atol
 _LAYER_CASES = [(5, 7, 1, 1.0, True), (12, 3, 3, 7.5, False), (8, 8, 4, 16.0, True), (64, 32, 4, 4.0, True)]
 
 
@@ -314,8 +318,8 @@ def _export_judge(trial):
     with torch.no_grad():
         got = theirs(x["z"], x["t"], x["c"]).sample
         want = _peft_unet(x, seed, r, alpha)(x["z"], x["t"], x["c"]).sample
-    return (compare("your UNet with its adapters", out.get("yours"), want, 1e-4, 1e-4)
-            or compare("the UNet with diffusers loading your file", got, want, 1e-4, 1e-4))
+    return (compare("your UNet with its adapters", out.get("yours"), want, *_UNET_TOLERANCE)
+            or compare("the UNet with diffusers loading your file", got, want, *_UNET_TOLERANCE))
 
 
 TRAINING = """
@@ -373,7 +377,7 @@ def _training_judge(trial):
     with torch.no_grad():
         first = torch.nn.functional.mse_loss(_tiny_unet(int(x["seed"]))(scheduler.add_noise(z0, noise, t), t, c).sample,
                                              noise).item()
-    if not abs(losses[0] - first) <= 1e-4 * first + 1e-5:
+    if not abs(losses[0] - first) <= 1e-3 * first + 1e-5:  # a UNet's output, across processes (see the top)
         return f"the first step's loss should be {first:.5f} (noise-prediction MSE), got {losses[0]:.5f}"
     return None
 
@@ -383,7 +387,8 @@ CHECKS = {
     "test_lora_forward": Check(probe=LORA_FORWARD, inputs=_layer_inputs, expect=_forward_expected, rtol=1e-5,
                                atol=1e-4),
     "test_merge_unmerge": Check(probe=MERGE, inputs=_layer_inputs, expect=_merge_expected, rtol=1e-5, atol=1e-4),
-    "test_inject": Check(probe=INJECT, inputs=_inject_inputs, expect=_inject_expected, rtol=1e-4, atol=1e-4),
+    "test_inject": Check(probe=INJECT, inputs=_inject_inputs, expect=_inject_expected, rtol=_UNET_TOLERANCE[0],
+                         atol=_UNET_TOLERANCE[1]),
     "test_counts": Check(probe=COUNTS, inputs=_counts_inputs, expect=_counts_expected),
     "test_sd15_count": Check(probe="outputs['unet'], outputs['lora'] = SD15_UNET_PARAMS, SD15_LORA_PARAMS",
                              expect=_sd15_expected),
