@@ -218,8 +218,9 @@ print(f"10 DDIM steps, oracle model: max |x_eps - x_v| = {(x_eps - x_v).abs().ma
 # ## 4. Why SD 2.x uses v-prediction
 #
 # Stable Diffusion 2.0's 768 x 768 model (`stabilityai/stable-diffusion-2`) was trained with the
-# v-objective, fine-tuned from the 512 px $\epsilon$-model (SD 2 model card: "resumed for another 140k steps
-# on 768x768 images ... using a v-objective"; reported there, not run here). The reasons in the literature:
+# v-objective: its model card describes it as resumed from the 512 px base model, trained further with the
+# v-objective, then at 768 x 768 (reported there, not run here); its scheduler config says
+# `prediction_type: "v_prediction"`. The reasons in the literature:
 #
 # 1. **Few-step sampling and distillation.** Salimans & Ho (2022, "Progressive Distillation for Fast Sampling
 #    of Diffusion Models", sec. 4) introduced v because $\epsilon$-prediction fails when a sampler takes
