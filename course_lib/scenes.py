@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from course_lib._checks import check_choice, check_int
-from course_lib.data import COLOURS, SHAPES, _check_index, all_pairs, render_shapes
+from course_lib.data import COLOURS, SHAPES, _check_index, _index, all_pairs, render_shapes
 
 __all__ = [
     "KINDS", "RELATIONS", "HELD_OUT_PAIRS", "HELD_OUT_PAIRINGS", "SPLITS", "SIZE_RANGE", "GAP",
@@ -169,9 +169,8 @@ def render_scenes(scenes: list[list[dict]], image_size: int = 64, supersample: i
     canvas = torch.full((len(scenes), 3, image_size, image_size), -1.0)
     if not flat:
         return canvas
-    index = lambda name, choices, v: choices.index(v) if isinstance(v, str) else int(v)  # noqa: E731
-    drawn = render_shapes(torch.tensor([index("shape", SHAPES, o["shape"]) for _, o in flat]),
-                          torch.tensor([index("colour", COLOURS, o["colour"]) for _, o in flat]),
+    drawn = render_shapes(torch.tensor([_index("shape", o["shape"], SHAPES) for _, o in flat]),
+                          torch.tensor([_index("colour", o["colour"], COLOURS) for _, o in flat]),
                           torch.tensor([float(o["size_px"]) for _, o in flat]),
                           torch.tensor([list(map(float, o["center_xy"])) for _, o in flat]),
                           image_size, supersample=supersample)  # (objects, 3, S, S)

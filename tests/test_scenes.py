@@ -71,7 +71,8 @@ def test_grammar_examples_and_bad_captions():
     assert scene_caption("and", ("red", "circle"), ("blue", "square")) == "a red circle and a blue square"
     assert (scene_caption("relation", ("red", "circle"), ("blue", "square"), "left of")
             == "a red circle to the left of a blue square")
-    assert scene_caption("relation", ("red", "circle"), ("blue", "square"), "below") == "a red circle below a blue square"
+    below = scene_caption("relation", ("red", "circle"), ("blue", "square"), "below")
+    assert below == "a red circle below a blue square"
     assert scene_caption("two", ("green", "triangle")) == "two green triangles"
     assert parse_scene_caption("two green triangles")["objects"] == [("green", "triangle")] * 2
     for bad in ("a purple circle", "a red circle left of a blue square", "two green triangle", "", None):
@@ -115,6 +116,8 @@ def test_held_out_sets_never_come_from_the_training_sampler():
 
 
 def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="colour"):
+        render_scenes([[{"colour": "purple", "shape": "circle", "size_px": 10.0, "center_xy": (20, 20)}]])
     with pytest.raises(ValueError, match="split"):
         SceneDataset(4, split="test")
     with pytest.raises(ValueError, match="held_out_pairings"):
