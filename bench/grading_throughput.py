@@ -77,12 +77,13 @@ def assignment_course(folder: Path, students: int, assignment: str, runs_dir: Pa
     """A real assignment: its source notebook and what its FAST run wrote (weights), handed in by every student."""
     course = Course(root=ROOT, workspace=folder / "grading")
     run = (runs_dir or folder) / "source_run"
-    if not (run / assignment / f"{assignment}.ipynb").is_file():
+    if not (run / assignment / ".validated").is_file():
         start = time.perf_counter()
         reports = validate_source(course, assignment, run, fast=True)
         if not all(r.ok for r in reports):
             raise SystemExit(f"the {assignment} source does not validate:\n" + "\n".join(r.summary() for r in reports))
         print(f"{assignment}: FAST run for the weights: {time.perf_counter() - start:.1f} s")
+        (run / assignment / ".validated").write_text("the FAST run passed validation\n")
     handed_in = [p for p in (run / assignment).iterdir()
                  if p.is_file() and (p.suffix in (".ipynb", ".safetensors"))]
     for i in range(students):
