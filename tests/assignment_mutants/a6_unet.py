@@ -1,8 +1,7 @@
 """Wrong answers to assignment 6 (SD's UNet) and the test cells that must catch them (see __init__.py).
 
-Part 6's graded cells run the student's own UNet on the weights the source solution trained (FAST run), so a
-mutant that changes what the network computes also fails them; a mutant that only breaks the names loses the
-weights altogether.
+Part 6's graded cells run the student's own UNet on the weights the source solution trained (FAST run): a mutant
+that wrecks the network fails them too, one whose weights do not load fails them for that reason.
 """
 
 _TIMESTEP = '''
@@ -244,22 +243,27 @@ def _unet(pop="skips.pop()", down='down_block_types[i] == "CrossAttnDownBlock2D"
 
 TRAINED = ["test_trained_denoises", "test_trained_reads_prompt"]
 
+# Part 6 runs the student's own UNet on the weights the source trained (FAST: held-out error 0.084, prompt gain
+# 7.6%). Mutants that wreck the network fail both tests (skips in the wrong order, cross-attention that never sees
+# the text, weights that do not load); those that degrade it fail the error threshold 0.125 (measured errors in
+# the comments); gains stayed >= 3.5% for all that ran (threshold 2%).
 MUTANTS = [
-    {"name": "sin_first_always", "replace": {"timestep": SIN_FIRST_ALWAYS}, "expect_fail": ["test_timestep", *TRAINED]},
-    {"name": "no_time_injection", "replace": {"resnet": NO_TIME_INJECTION}, "expect_fail": ["test_resnet", *TRAINED]},
-    {"name": "temb_without_silu", "replace": {"resnet": TEMB_WITHOUT_SILU}, "expect_fail": ["test_resnet", *TRAINED]},
-    {"name": "unscaled_attention", "replace": {"attention": UNSCALED_ATTENTION},
-     "expect_fail": ["test_attention", *TRAINED]},
+    {"name": "sin_first_always", "replace": {"timestep": SIN_FIRST_ALWAYS},               # error 0.15 > 0.125
+     "expect_fail": ["test_timestep", "test_trained_denoises"]},
+    {"name": "no_time_injection", "replace": {"resnet": NO_TIME_INJECTION},               # error 0.17
+     "expect_fail": ["test_resnet", "test_trained_denoises"]},
+    {"name": "temb_without_silu", "replace": {"resnet": TEMB_WITHOUT_SILU}, "expect_fail": ["test_resnet"]},  # 0.10
+    {"name": "unscaled_attention", "replace": {"attention": UNSCALED_ATTENTION}, "expect_fail": ["test_attention"]},
     {"name": "geglu_gate_swapped", "replace": {"transformer_block": GATE_SWAPPED},
-     "expect_fail": ["test_transformer_block", *TRAINED]},
+     "expect_fail": ["test_transformer_block"]},
     {"name": "cross_attention_to_itself", "replace": {"transformer_block": CROSS_ATTENTION_TO_ITSELF},
      "expect_fail": ["test_transformer_block", *TRAINED]},
-    {"name": "no_residual_around_attention", "replace": {"spatial_transformer": NO_RESIDUAL},
-     "expect_fail": ["test_spatial_transformer", *TRAINED]},
+    {"name": "no_residual_around_attention", "replace": {"spatial_transformer": NO_RESIDUAL},  # error 0.18
+     "expect_fail": ["test_spatial_transformer", "test_trained_denoises"]},
     {"name": "skips_oldest_first", "replace": {"unet": _unet(pop="skips.pop(0)")},
      "expect_fail": ["test_unet_matches_diffusers", *TRAINED]},
     {"name": "attention_at_every_level", "replace": {"unet": _unet(down="True", up="True")},
      "expect_fail": ["test_unet_names", "test_unet_matches_diffusers", *TRAINED]},
-    {"name": "padding_mask_dropped", "replace": {"unet": _unet(mask="None")},  # trained with the mask: the padding
-     "expect_fail": ["test_unet_matches_diffusers", *TRAINED]},                 # tokens' features mislead it
+    {"name": "padding_mask_dropped", "replace": {"unet": _unet(mask="None")},
+     "expect_fail": ["test_unet_matches_diffusers"]},
 ]
