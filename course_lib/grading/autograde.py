@@ -166,13 +166,15 @@ def _caller_script_hidden():
 
 
 def _process_context():
-    """forkserver where there is one (workers start without re-importing nbgrader), else spawn."""
+    """forkserver where there is one (workers start without re-importing nbgrader, torch, diffusers), else spawn."""
     import multiprocessing
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["course_lib.grading._worker"])
+    # the worker's modules, and the libraries the grader's checks compute references with (diffusers and peft take
+    # ~5-15 s to import: once per run instead of once per submission; a missing one is skipped)
+    context.set_forkserver_preload(["course_lib.grading._worker", "diffusers", "peft"])
     return context
 
 
