@@ -174,7 +174,8 @@ def _process_context():
     context = multiprocessing.get_context("forkserver")
     # the worker's modules, and the libraries the grader's checks compute references with (diffusers and peft take
     # ~5-15 s to import: once per run instead of once per submission; a missing one is skipped)
-    context.set_forkserver_preload(["course_lib.grading._worker", "diffusers", "peft"])
+    context.set_forkserver_preload(["course_lib.grading._worker", "diffusers", "peft",
+                                    "diffusers.models.unets.unet_2d_condition"])
     return context
 
 
