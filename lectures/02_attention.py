@@ -34,14 +34,19 @@
 #
 # **Time:** about 1 minute on a laptop CPU (nothing is trained); under a minute on a Colab GPU.
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/lectures/02_attention.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/lectures/02_attention.ipynb)
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% tags=["parameters"]
 FAST = False          # True in CI: smaller sizes, fewer timing repeats

@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Lecture 4 — Faster sampling and guidance: DDIM, classifier-free guidance, thresholding
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/lectures/04_sampling_and_guidance.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/lectures/04_sampling_and_guidance.ipynb)
 #
 # Lecture 3's DDPM sampler needs one network call per training timestep: 1000 calls for one picture. And a
 # model trained on all of its data generates *some* sample of the data, not the one you asked for. This
@@ -37,11 +37,16 @@
 # of them for the 1000-step DDPM chain; twice that when the machine was shared), 1–2 minutes on a Colab GPU.
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% tags=["parameters"]
 FAST = False          # True: tiny sizes that only check the plumbing (CI)

@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Lecture 6 — Stable Diffusion in miniature
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/lectures/06_mini_stable_diffusion.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/lectures/06_mini_stable_diffusion.ipynb)
 #
 # Time to put lectures 1–5 together. We train, on a CPU and from scratch, a text-to-image model with Stable
 # Diffusion's recipe in miniature: a VAE that compresses images into latents, a CLIP text encoder that turns
@@ -45,11 +45,16 @@
 # own, longer defaults for better pictures.
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% tags=["parameters"]
 FAST = False            # True: tiny sizes that only check the plumbing (CI)

@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Lecture 8 - Fine-tuning Stable Diffusion: full fine-tuning vs LoRA
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/lectures/08_fine_tuning_and_lora.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/lectures/08_fine_tuning_and_lora.ipynb)
 #
 # You have a model of 1.07 billion parameters (lecture 7 counts them) and 20 pictures of your dog.
 # Fine-tuning all 860M UNet weights needs a big GPU and produces a 1.7 GB file per concept (fp16). LoRA
@@ -42,11 +42,16 @@
 # **Time:** laptop CPU about 2-3 minutes (about 1 minute with `FAST = True`); Colab about the same.
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% tags=["parameters"]
 FAST = False               # True in CI: fewer training steps and images

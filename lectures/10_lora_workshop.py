@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Lecture 10 - Workshop: train your own LoRA for Stable Diffusion v1.5
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/lectures/10_lora_workshop.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/lectures/10_lora_workshop.ipynb)
 #
 # In this workshop you fine-tune SD v1.5 with LoRA on a captioned image set (a dataset from the Hugging
 # Face Hub, or a folder of your own pictures), watch validation images appear during training, compare
@@ -50,11 +50,16 @@
 # figures above); laptop CPU with the tiny twin about 3 minutes (1 minute with `FAST = True`).
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib[sd] @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% tags=["parameters"]
 FAST = False                    # True in CI: the tiny model at 64 px, a few steps

@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Lecture 12 - v-prediction: what the model predicts, and why Stable Diffusion 2 changed it
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/lectures/12_v_prediction.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/lectures/12_v_prediction.ipynb)
 #
 # A diffusion model can predict the noise $\epsilon$ (DDPM, SD 1.x), the clean image $x_0$, or the
 # "velocity" $v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0$ (Salimans & Ho 2022). All three
@@ -34,11 +34,16 @@
 # is not needed (nothing here uses a large model), but makes section 5 a matter of seconds.
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays.
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% tags=["parameters"]
 FAST = False            # True in CI: fewer training steps

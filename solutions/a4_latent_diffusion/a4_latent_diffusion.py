@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Assignment 4: guidance and Stable Diffusion in miniature
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/assignments/a4_latent_diffusion/a4_latent_diffusion.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/assignments/a4_latent_diffusion/a4_latent_diffusion.ipynb)
 #
 # Stable Diffusion is three networks and a sampler: a **VAE** that moves images into a small latent space, a
 # **text encoder** trained with CLIP's contrastive loss, and a **UNet** that denoises latents while it reads the
@@ -56,11 +56,16 @@
 # random inputs; the visible ones catch the usual mistakes early.
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% nbgrader={"grade": false, "grade_id": "parameters", "locked": true, "schema_version": 3, "solution": false} tags=["parameters"]
 # Parameters (read-only). Tests and CI set FAST = True to train for about a minute.

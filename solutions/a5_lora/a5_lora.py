@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Assignment 5 — LoRA: fine-tune a diffusion UNet with low-rank adapters
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/assignments/a5_lora/a5_lora.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/assignments/a5_lora/a5_lora.ipynb)
 #
 # **50 points**, all autograded. Time: about 1.5–3 hours of work; running the whole notebook takes 1–2
 # minutes on a laptop CPU (no GPU needed; on a Colab GPU it is no faster, the model is tiny).
@@ -53,11 +53,16 @@
 # grading, training cells are skipped (`COURSE_AUTOGRADE=1`) and your weight file is graded instead.
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% nbgrader={"grade": false, "grade_id": "parameters", "locked": true, "schema_version": 3, "solution": false} tags=["parameters"]
 # Parameters (papermill tag "parameters"). FAST = True shrinks the training run for CI; the defaults are the lesson.
@@ -988,4 +993,4 @@ else:
 #
 # **Going further (optional, ungraded):** lecture 10, the LoRA workshop, fine-tunes the real SD v1.5 on a Colab
 # GPU with the same ideas (and `course_lib.sd.train_lora`), and shows the concept appear in the pictures.
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/lectures/10_lora_workshop.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/lectures/10_lora_workshop.ipynb)

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Assignment 7: CLIP's text transformer, the part of Stable Diffusion that reads the prompt
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/assignments/a7_clip_text/a7_clip_text.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/assignments/a7_clip_text/a7_clip_text.ipynb)
 #
 # Stable Diffusion v1 never sees your prompt as words. A tokenizer turns it into 77 numbers, and the text half of
 # OpenAI's CLIP (ViT-L/14) turns those into 77 vectors of 768 numbers: the `last_hidden_state` that every
@@ -45,11 +45,16 @@
 # 1e-12; hidden tests (run when grading) compare with transformers and with a reference on random configurations.
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% nbgrader={"grade": false, "grade_id": "parameters", "locked": true, "schema_version": 3, "solution": false} tags=["parameters"]
 # Parameters (read-only). This assignment trains nothing; FAST and AUTOGRADE follow the course's conventions.

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Assignment 8: Stable Diffusion's convolutional VAE
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/assignments/a8_conv_vae/a8_conv_vae.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/assignments/a8_conv_vae/a8_conv_vae.ipynb)
 #
 # In assignment 1 you built a VAE out of dense layers: flatten the image, squeeze it into a vector of 8 numbers,
 # unflatten at the end. That design is the *contrast*: it forgets where things are, and its size grows with the
@@ -49,11 +49,16 @@
 # VAE modules (`course_lib.vae`, `course_lib.models`) get no credit.
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% nbgrader={"grade": false, "grade_id": "parameters", "locked": true, "schema_version": 3, "solution": false} tags=["parameters"]
 # Parameters (read-only). Tests and CI set FAST = True to train for a few seconds only.
@@ -234,7 +239,7 @@ def _inputs(shape, seed: int, scale: float = 1.0) -> torch.Tensor:
 # **Task**: `ResnetBlock2D(in_channels, out_channels, groups)` with submodules named exactly `norm1`, `conv1`,
 # `norm2`, `conv2` and, when the widths differ, `conv_shortcut` (set it to `None` otherwise).
 
-# %% nbgrader={"grade": false, "grade_id": "resnet_block", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_resnet_block"], "forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"], "tests": ["test_resnet_block"]} nbgrader={"grade": false, "grade_id": "resnet_block", "locked": false, "schema_version": 3, "solution": true}
 class ResnetBlock2D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()
@@ -292,7 +297,7 @@ for _cin, _cout, _groups, _scale in [(16, 8, 8, 1.0), (4, 12, 2, 3.0), (8, 8, 4,
 # stored as 1x1 convolutions; a 1x1 convolution over a feature map *is* a linear layer applied at every
 # position (assignment 9 turns one into the other).
 
-# %% nbgrader={"grade": false, "grade_id": "vae_attention", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_attention"], "forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"], "tests": ["test_attention"]} nbgrader={"grade": false, "grade_id": "vae_attention", "locked": false, "schema_version": 3, "solution": true}
 class VAEAttention(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
@@ -345,7 +350,7 @@ for _channels, _groups, _size in [(8, 2, (3, 5)), (32, 8, (6, 6)), (12, 4, (1, 1
 # - `Upsample2D(channels)`: nearest-neighbour upsampling by 2 (`F.interpolate(x, scale_factor=2.0,
 #   mode="nearest")`), then a 3x3 convolution with padding 1, named `conv`.
 
-# %% nbgrader={"grade": false, "grade_id": "resample", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_resample"], "forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"], "tests": ["test_resample"]} nbgrader={"grade": false, "grade_id": "resample", "locked": false, "schema_version": 3, "solution": true}
 class Downsample2D(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -400,7 +405,7 @@ for _channels, _hw in [(4, (6, 10)), (16, (2, 2))]:
 # `mid_block_add_attention`) the `attentions` list is empty and the block is just the two ResNets.
 # Build the parts from **your** classes of parts 1 and 2 (the test swaps in diffusers' versions of them).
 
-# %% nbgrader={"grade": false, "grade_id": "mid_block", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_mid_block"], "forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"], "tests": ["test_mid_block"]} nbgrader={"grade": false, "grade_id": "mid_block", "locked": false, "schema_version": 3, "solution": true}
 class MidBlock2D(nn.Module):
     def __init__(self, channels: int, groups: int, attention: bool = True):
         super().__init__()
@@ -454,7 +459,7 @@ for _channels, _groups, _attention in [(8, 2, False), (32, 8, True)]:
 # The level module's name does not show in the state dict (only its attributes do): a small `nn.Module` with
 # those attributes, or a bare `nn.Module()` you attach them to, both work. Use your classes of parts 1-4.
 
-# %% nbgrader={"grade": false, "grade_id": "encoder", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_encoder"], "forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"], "tests": ["test_encoder"]} nbgrader={"grade": false, "grade_id": "encoder", "locked": false, "schema_version": 3, "solution": true}
 class Encoder(nn.Module):
     """x (B, in_channels, H, W) -> (B, 2 * latent_channels, H / f, W / f)."""
 
@@ -529,7 +534,7 @@ for _config in [VAEConfig(in_channels=1, latent_channels=2, block_out_channels=(
 # 3. `conv_norm_out` (GroupNorm at width $v_{n-1}$, eps `EPS`), SiLU, `conv_out`: 3x3 conv to `out_channels`.
 #    The output is unbounded (no tanh).
 
-# %% nbgrader={"grade": false, "grade_id": "decoder", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_decoder"], "forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"], "tests": ["test_decoder"]} nbgrader={"grade": false, "grade_id": "decoder", "locked": false, "schema_version": 3, "solution": true}
 class Decoder(nn.Module):
     """z (B, latent_channels, h, w) -> (B, out_channels, h * f, w * f)."""
 
@@ -607,7 +612,7 @@ for _config in [VAEConfig(out_channels=1, latent_channels=2, block_out_channels=
 #
 # After this part, `AutoencoderKL(VAEConfig())` loads the real SD v1.5 VAE (see "Going further").
 
-# %% nbgrader={"grade": false, "grade_id": "autoencoder_kl", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_autoencoder"], "forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.vae", "course_lib.models"], "tests": ["test_autoencoder"]} nbgrader={"grade": false, "grade_id": "autoencoder_kl", "locked": false, "schema_version": 3, "solution": true}
 class AutoencoderKL(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # Assignment 9 (capstone): load a real Stable Diffusion checkpoint into the course's modules
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/assignments/a9_converter/a9_converter.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/2026-fall/assignments/a9_converter/a9_converter.ipynb)
 #
 # You have built every network of Stable Diffusion: the UNet (assignment 6), the CLIP text transformer
 # (assignment 7) and the convolutional VAE (assignment 8); the course library holds reference versions of all
@@ -57,11 +57,16 @@
 # course's converter (`course_lib.models.convert`, except `build_modules`) get no credit.
 
 # %% tags=["setup"]
-# Colab: install the course library; Colab's own torch stays (the course asks for torch>=2.1).
-import sys, subprocess
+# Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
+import sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "course_lib @ git+https://github.com/sd-course/latent-diffusion-course"], check=True)
+    from importlib.metadata import version
+    torch_pin = "torch==" + version("torch")  # keeps Colab's torch: the course never reinstalls it
+    # pip's magic shows pip's output, and Colab's restart prompt should an upgraded package need one
+    get_ipython().run_line_magic("pip", f'install "course_lib @ git+https://github.com/sd-course/latent-diffusion-course@2026-fall" "{torch_pin}"')
+    if int(version("ipywidgets").split(".")[0]) >= 8:  # Colab shows ipywidgets 8 through this manager
+        from google.colab import output
+        output.enable_custom_widget_manager()
 
 # %% nbgrader={"grade": false, "grade_id": "parameters", "locked": true, "schema_version": 3, "solution": false} tags=["parameters"]
 # Parameters (read-only). Nothing trains in this assignment: FAST (set by CI) changes nothing here.
@@ -215,7 +220,7 @@ print("VAE attention query: folder", tuple(_folder["vae"]["encoder.mid_block.att
 # the diffusers UNet parameter `key`, for the UNet described by the diffusers config dict `config`.
 # Regular expressions (`re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key)`) keep this short.
 
-# %% nbgrader={"grade": false, "grade_id": "unet_keys", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_unet_keys", "test_capstone"], "forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.unet_key_to_original", "course_lib.models.convert.original_key_map", "course_lib.models.convert.from_original", "course_lib.models.convert.to_original", "course_lib.models.convert.load_sd_checkpoint", "course_lib.models.convert._unet_layout", "course_lib.models.convert._replace_start"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.unet_key_to_original", "course_lib.models.convert.original_key_map", "course_lib.models.convert.from_original", "course_lib.models.convert.to_original", "course_lib.models.convert.load_sd_checkpoint", "course_lib.models.convert._unet_layout", "course_lib.models.convert._replace_start"], "tests": ["test_unet_keys", "test_capstone"]} nbgrader={"grade": false, "grade_id": "unet_keys", "locked": false, "schema_version": 3, "solution": true}
 def unet_key_to_original(key: str, config: dict) -> str:
     ### BEGIN SOLUTION
     L = config["layers_per_block"]
@@ -297,7 +302,7 @@ for _config in (_SD15_UNET, CONFIGS["unet"], _three_levels):
 #
 # **Task**: `vae_key_to_original(key, config)`, the full original name (`first_stage_model.` included).
 
-# %% nbgrader={"grade": false, "grade_id": "vae_keys", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_vae_keys", "test_capstone"], "forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.vae_key_to_original", "course_lib.models.convert.original_key_map", "course_lib.models.convert.from_original", "course_lib.models.convert.to_original", "course_lib.models.convert.load_sd_checkpoint", "course_lib.models.convert._replace_start"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.vae_key_to_original", "course_lib.models.convert.original_key_map", "course_lib.models.convert.from_original", "course_lib.models.convert.to_original", "course_lib.models.convert.load_sd_checkpoint", "course_lib.models.convert._replace_start"], "tests": ["test_vae_keys", "test_capstone"]} nbgrader={"grade": false, "grade_id": "vae_keys", "locked": false, "schema_version": 3, "solution": true}
 def vae_key_to_original(key: str, config: dict) -> str:
     ### BEGIN SOLUTION
     n = len(config["block_out_channels"])
@@ -362,7 +367,7 @@ for _config in (_SD15_VAE, CONFIGS["vae"], _three_levels):
 # **Task**: `convert_single_file(checkpoint, expected_keys, configs)` -> `{"unet": ..., "vae": ...,
 # "text_encoder": ...}`, three dicts of tensors.
 
-# %% nbgrader={"grade": false, "grade_id": "convert_single_file", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_convert", "test_capstone"], "forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.from_original", "course_lib.models.convert.original_key_map", "course_lib.models.convert.text_encoder_key_to_original", "course_lib.models.convert.load_sd_checkpoint", "course_lib.models.convert.read_checkpoint", "course_lib.models.clip_text.strip_text_model_prefix"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.from_original", "course_lib.models.convert.original_key_map", "course_lib.models.convert.text_encoder_key_to_original", "course_lib.models.convert.load_sd_checkpoint", "course_lib.models.convert.read_checkpoint", "course_lib.models.clip_text.strip_text_model_prefix"], "tests": ["test_convert", "test_capstone"]} nbgrader={"grade": false, "grade_id": "convert_single_file", "locked": false, "schema_version": 3, "solution": true}
 def convert_single_file(checkpoint: dict, expected_keys: dict, configs: dict) -> dict:
     ### BEGIN SOLUTION
     original_name = {
@@ -429,7 +434,7 @@ _check_conversion(_extended)
 # **Task**: `generate(unet, vae, text_encoder, tokenizer, scheduler, prompt, generator, num_inference_steps,
 # guidance_scale)` -> the image, shape (1, 3, H, W), values in [0, 1].
 
-# %% nbgrader={"grade": false, "grade_id": "generate", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_generate", "test_capstone"], "forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.generate", "course_lib.models.convert.encode_prompt", "course_lib.pipeline", "course_lib.demo"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.generate", "course_lib.models.convert.encode_prompt", "course_lib.pipeline", "course_lib.demo"], "tests": ["test_generate", "test_capstone"]} nbgrader={"grade": false, "grade_id": "generate", "locked": false, "schema_version": 3, "solution": true}
 @torch.no_grad()
 def generate(unet, vae, text_encoder, tokenizer, scheduler, prompt: str, generator: torch.Generator,
              num_inference_steps: int, guidance_scale: float) -> torch.Tensor:
@@ -482,7 +487,7 @@ for _prompt, _seed, _steps, _guidance in [("a small green star at the top", 3, 3
 # The test then runs **your** `generate` on **your** modules, for the folder and for both single files: all
 # three must give `StableDiffusionPipeline`'s image.
 
-# %% nbgrader={"grade": false, "grade_id": "load_checkpoint", "locked": false, "schema_version": 3, "solution": true} course_grading={"tests": ["test_capstone"], "forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.load_sd_checkpoint", "course_lib.models.convert.read_checkpoint", "course_lib.models.convert.from_original", "course_lib.models.convert._align_text_keys", "course_lib.models.convert._folder_state_dict", "course_lib.models.clip_text.strip_text_model_prefix", "course_lib.models.clip_text.CLIPTextModel.from_pretrained"]}
+# %% course_grading={"forbidden": ["diffusers", "transformers", "course_lib.sd", "course_lib.models.convert.load_sd_checkpoint", "course_lib.models.convert.read_checkpoint", "course_lib.models.convert.from_original", "course_lib.models.convert._align_text_keys", "course_lib.models.convert._folder_state_dict", "course_lib.models.clip_text.strip_text_model_prefix", "course_lib.models.clip_text.CLIPTextModel.from_pretrained"], "tests": ["test_capstone"]} nbgrader={"grade": false, "grade_id": "load_checkpoint", "locked": false, "schema_version": 3, "solution": true}
 def load_checkpoint(path, configs: dict):
     ### BEGIN SOLUTION
     path = Path(path)
