@@ -322,3 +322,12 @@ def test_a_missing_optional_extra_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(ImportError, match=r"course_lib\[sd\]"):
         load_image_dataset("owner/name")
+
+
+def test_every_notebook_points_at_the_course_setting():
+    tool = _course_notebooks()
+    course = tool.setting(ROOT)
+    assert course["tag"] not in ("main", "master"), "the setup cells must install a term's tag, not a branch"
+    differ = tool.apply(ROOT, course, check=True)
+    assert not differ, ("run `.venv/bin/python tools/course_notebooks.py` and commit: "
+                        + "; ".join(f"{p.relative_to(ROOT)} ({', '.join(w)})" for p, w in differ.items()))
