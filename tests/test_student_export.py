@@ -41,16 +41,22 @@ def _public_lines() -> set[str]:
 
 
 def _secret_lines() -> set[str]:
-    """Solutions and hidden tests (inside the nbgrader blocks), the graders' checks, and the mutants' code."""
-    secret = set()
+    """Solutions and hidden tests (inside the nbgrader blocks), the graders' checks, and the mutants' code.
+
+    The checks and mutants share boilerplate (imports, logging set-up) with the lectures, which are public: for
+    them a line a lecture shows is not evidence. Solution and hidden-test lines are held against everything."""
+    blocks, graders, lectures = set(), set(), set()
     for nb in ROOT.glob("solutions/*/*.ipynb"):
         for cell in json.loads(nb.read_text())["cells"]:
             for _, inside in BLOCK.findall("".join(cell["source"])):
-                secret |= _lines(inside)
+                blocks |= _lines(inside)
     for py in [*ROOT.glob("solutions/**/*.py"), *ROOT.glob("tests/assignment_mutants/*.py")]:
         if not py.with_suffix(".ipynb").exists():  # a jupytext pair is the notebook again, read above
-            secret |= _lines(py.read_text())
-    return secret - _public_lines() - TAUGHT_IN_LECTURES
+            graders |= _lines(py.read_text())
+    for _, text in _texts(ROOT / "lectures"):
+        lectures |= _lines(text)
+    public = _public_lines()
+    return (blocks - public - TAUGHT_IN_LECTURES) | (graders - public - lectures)
 
 
 def _texts(folder: Path):
