@@ -561,6 +561,57 @@ if DEVICE != "cuda":
     print("(peak memory is measured on a GPU only; on this CPU the check is that the pictures stay the same)")
 
 # %% [markdown]
+# ## 6. SD's checkpoint in the course's own modules
+#
+# Everything above ran diffusers' classes. Assignments 6-8 have you write the same three networks yourself
+# (`UNet2DConditionModel`, `AutoencoderKL`, CLIP's text transformer, with diffusers' and transformers'
+# parameter names), and assignment 9 has you write the **converter** that fills them from a checkpoint.
+# Checkpoints come in two layouts:
+#
+# - the **diffusers folder** (`unet/`, `vae/`, `text_encoder/`, each with a `config.json` and its weights):
+#   the names already match the modules;
+# - the original **single file** (`v1-5-pruned-emaonly.safetensors` or `.ckpt`), written by the CompVis/
+#   Runway training code: one flat dictionary with keys under `model.diffusion_model.` (UNet),
+#   `first_stage_model.` (VAE) and `cond_stage_model.transformer.` (text encoder), other block names
+#   (`input_blocks.1.0.in_layers.0` for `down_blocks.0.resnets.0.norm1`), and the VAE's attention
+#   projections stored as 1x1 convolutions instead of linear layers. It carries no configs and no tokenizer.
+#
+# `course_lib.models.convert` holds the course's reference converter. The cell writes the tiny twin in both
+# layouts (the single file with the original key names), loads each into the course's modules, samples
+# with the pipeline's loop written out, and compares with `StableDiffusionPipeline` on the same seed,
+# prompt and DDIM scheduler. It always uses the tiny twin, so it runs offline; on Colab, assignment 9's
+# last section does the same with the real v1.5 single file.
+
+# %%
+import diffusers
+from course_lib.models.convert import generate as generate_with_modules, load_sd_checkpoint, save_single_file
+from course_lib.sd import build_tiny_sd
+
+convert_dir = OUT / "convert"
+tiny_folder = build_tiny_sd(convert_dir / "tiny-sd", seed=0)
+layouts = {"diffusers folder": tiny_folder,
+           "single .safetensors": save_single_file(tiny_folder, convert_dir / "tiny-sd.safetensors"),
+           "single .ckpt": save_single_file(tiny_folder, convert_dir / "tiny-sd.ckpt")}
+convert_prompt, convert_steps = "a red circle", 4 if FAST else 10
+
+reference_pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None,
+                                                                   local_files_only=True)
+reference_pipe.scheduler = diffusers.DDIMScheduler.from_config(reference_pipe.scheduler.config)
+reference_pipe.set_progress_bar_config(disable=True)
+reference = reference_pipe(convert_prompt, num_inference_steps=convert_steps, guidance_scale=GUIDANCE,
+                           generator=torch.Generator().manual_seed(SEED), output_type="pt").images  # (1, 3, H, W)
+
+images = {"diffusers pipeline": reference}
+for name, path in layouts.items():
+    modules = load_sd_checkpoint(path, config=tiny_folder)   # the single file takes configs + tokenizer here
+    images[name] = generate_with_modules(modules, convert_prompt, torch.Generator().manual_seed(SEED),
+                                         num_inference_steps=convert_steps, guidance_scale=GUIDANCE)
+    print(f"{name:<22} -> course modules: max |image - pipeline| = "
+          f"{(images[name] - reference).abs().max().item():.1e}"
+          + (f"   (not weights, left out: {len(modules.ignored)} keys)" if modules.ignored else ""))
+show_images(torch.cat(list(images.values())), titles=list(images), value_range=(0.0, 1.0));
+
+# %% [markdown]
 # ## Check your understanding
 #
 # Try to answer before you open the answers.

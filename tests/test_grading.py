@@ -40,7 +40,15 @@ from assignment_mutants import load_mutants  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = sorted(p.parent.name for p in ROOT.glob("solutions/*/*.ipynb") if p.stem == p.parent.name)
-COLAB = "https://colab.research.google.com/github/sd-course/latent-diffusion-course/blob/main/assignments"
+def _colab_prefix() -> str:
+    """Where the badges point: [tool.course] repository and tag of pyproject.toml (tools/course_notebooks.py)."""
+    import tomllib
+    course = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["course"]
+    slug = course["repository"].removeprefix("https://github.com/").removesuffix(".git").strip("/")
+    return f"https://colab.research.google.com/github/{slug}/blob/{course['tag']}/assignments"
+
+
+COLAB = _colab_prefix()
 RERELEASE = "run `python -m course_lib.grading release {a}` and commit assignments/{a}/"
 MAX_SECONDS_PER_SUBMISSION = 90  # the contract says <= 30 s on an idle machine; this leaves room for a busy one
 
