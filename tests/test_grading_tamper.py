@@ -291,3 +291,27 @@ def test_checks_name_real_test_cells(assignment):
     checks = load_checks(ROOT / "solutions" / assignment / "checks.py")
     assert set(checks) <= tests, sorted(set(checks) - tests)
     assert {(assignment, t) for t in tests - set(checks)} <= UNCHECKED, sorted(tests - set(checks))
+
+
+def test_cached_folder_is_built_once_and_only_trusted_when_private(tmp_path, monkeypatch):
+    """checks.py's per-machine cache (trained judges, tiny models): built once, reused, never trusted when another
+    user could have written it; a bad name is refused."""
+    from course_lib.grading.verdicts import cached_folder
+
+    monkeypatch.setenv("COURSE_LIB_CACHE", str(tmp_path / "cache"))
+    builds = []
+
+    def build(folder):
+        builds.append(folder)
+        folder.mkdir()
+        (folder / "weights.txt").write_text(f"build {len(builds)}")
+
+    first = cached_folder("judge-v1", build)
+    assert first == tmp_path / "cache" / "grader" / "judge-v1" and (first / "weights.txt").read_text() == "build 1"
+    assert cached_folder("judge-v1", build) == first and len(builds) == 1      # reused, not rebuilt
+    first.chmod(0o777)                                                        # writable by anyone: not trusted
+    other = cached_folder("judge-v1", build)
+    assert other != first and (other / "weights.txt").read_text() == "build 2" and not str(other).startswith(
+        str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="name"):
+        cached_folder("../escape", build)

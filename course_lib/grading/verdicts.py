@@ -56,8 +56,11 @@ import importlib.util
 import json
 import math
 import os
+import re
 import secrets
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -67,7 +70,7 @@ from traitlets import Unicode
 
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-__all__ = ["Check", "Trial", "load_checks", "compare", "InjectProbes", "ApplyVerdicts", "CHECKS_FILE"]
+__all__ = ["Check", "Trial", "load_checks", "compare", "cached_folder", "InjectProbes", "ApplyVerdicts", "CHECKS_FILE"]
 
 CHECKS_FILE = "checks.py"
 META = "course_grading"          # same key as sanitize.META: metadata the kernel never sees
@@ -121,6 +124,51 @@ def load_checks(path) -> dict[str, Check]:
     if not isinstance(checks, dict) or not all(isinstance(k, str) and isinstance(v, Check) for k, v in checks.items()):
         raise ValueError(f"{path} must define CHECKS, a dict of test grade_id -> Check")
     return checks
+
+
+def cached_folder(name: str, build: Callable[[Path], None]) -> Path:
+    """A folder a checks.py builds once per machine (a trained judge, a tiny model) instead of per submission.
+
+    It lives in the grader's own cache, ``$COURSE_LIB_CACHE/grader/<name>`` (default ``~/.cache/course_lib``),
+    which the sandboxed kernels cannot see. ``build(folder)`` writes into an empty staging folder that then
+    takes the final name atomically (parallel workers may race; the first one wins). A folder that is not the
+    grader's own (another owner, or writable by others) is never trusted: it is built again in a private
+    temporary folder for this process. Keep ``name`` versioned (change it when what ``build`` writes changes).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"name must be letters, digits, '.', '_' or '-', got {name!r}")
+    root = Path(os.environ.get("COURSE_LIB_CACHE", Path.home() / ".cache" / "course_lib")) / "grader"
+    folder = root / name
+    if folder.exists() or folder.is_symlink():
+        return folder if _owned_and_private(folder) else _build_private(name, build)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+    except OSError:
+        return _build_private(name, build)
+    if not _owned_and_private(root):
+        return _build_private(name, build)
+    staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    build(staging / "built")
+    os.chmod(staging / "built", 0o700)
+    try:
+        os.replace(staging / "built", folder)  # atomic; another worker may have won the race
+    except OSError:
+        pass
+    shutil.rmtree(staging, ignore_errors=True)
+    return folder if _owned_and_private(folder) else _build_private(name, build)
+
+
+def _build_private(name: str, build: Callable[[Path], None]) -> Path:
+    """Build in a temporary folder of this process only (used when the shared cache cannot be trusted)."""
+    private = Path(tempfile.mkdtemp(prefix=f"{name}-")) / "built"
+    build(private)
+    return private
+
+
+def _owned_and_private(path: Path) -> bool:
+    info = path.lstat()
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 # ------------------------------------------------------------------------------------------- comparison

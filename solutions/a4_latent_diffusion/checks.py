@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from course_lib.grading.verdicts import Check
+from course_lib.grading.verdicts import Check, cached_folder
 
 IMAGE_SIZE, WEIGHTS = 16, "a4_minisd.safetensors"
 NUM_INFERENCE_STEPS, GUIDANCE_SCALE = 20, 3.0
@@ -261,7 +261,7 @@ def _evaluate(trial):
     if "result" in _EVALUATION:
         return _EVALUATION["result"]
     from course_lib.data import COLOURS, SHAPES  # noqa: F401  (prompt_set's labels)
-    from course_lib.metrics import prompt_accuracy, train_evaluator
+    from course_lib.metrics import prompt_accuracy
     from course_lib.minisd import prompt_set
 
     path = trial.submitted / WEIGHTS
@@ -283,10 +283,22 @@ def _evaluate(trial):
     with torch.no_grad():
         images = pipe([p for p, _, _ in prompts for _ in seeds], num_inference_steps=NUM_INFERENCE_STEPS,
                       guidance_scale=GUIDANCE_SCALE, latents=latents, progress=False).images
-    judge, _ = train_evaluator(num_train=3000, steps=300, num_test=200, image_size=IMAGE_SIZE, seed=0, progress=False)
+    judge = _judge_evaluator()
     _EVALUATION["result"] = prompt_accuracy(judge, images, [s for _, s, _ in prompts for _ in seeds],
                                             [c for _, _, c in prompts for _ in seeds])
     return _EVALUATION["result"]
+
+
+def _judge_evaluator():
+    """The judge CNN (deterministic, seed 0), trained once per machine in the grader's cache, then loaded."""
+    from course_lib.metrics import EVALUATOR_VERSION, ShapeEvaluator, train_evaluator
+
+    def build(folder):
+        train_evaluator(num_train=3000, steps=300, num_test=200, image_size=IMAGE_SIZE, seed=0,
+                        progress=False)[0].save_pretrained(folder)
+
+    return ShapeEvaluator.from_pretrained(cached_folder(f"a4-judge-v{EVALUATOR_VERSION}-{IMAGE_SIZE}px-3000-300-seed0",
+                                                        build))
 
 
 def _load_minisd(path):

@@ -8,15 +8,12 @@ within ~1e-6, tests/test_convert.py). Converted weights must be exact; images wi
 """
 import functools
 import json
-import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from course_lib.grading.verdicts import Check
+from course_lib.grading.verdicts import Check, cached_folder
 from course_lib.models import convert
 
 COMPONENTS = ("unet", "vae", "text_encoder")
@@ -24,21 +21,15 @@ PROMPTS = ["a red circle on a blue background", "a small green star at the top",
            "a photo of a purple triangle in the center"]
 
 
-CACHE = Path(tempfile.gettempdir()) / "course-grader-a9-tiny-sd-seed0"  # the grader's /tmp: kernels cannot see it
-
-
 @functools.lru_cache(maxsize=1)
 def _tiny() -> Path:
-    """The grader's own tiny SD (configs, tokenizer, scheduler), written once per machine: building it imports
-    course_lib.sd and diffusers, seconds that every submission would pay again."""
-    if not (CACHE / "model_index.json").is_file():
+    """The grader's own tiny SD (configs, tokenizer, scheduler), written once per machine in the grader's cache:
+    building it imports course_lib.sd and diffusers, seconds that every submission would pay again."""
+    def build(folder):
         from course_lib.sd.tiny import build_tiny_sd
-        staging = build_tiny_sd(Path(tempfile.mkdtemp(prefix="a9-checks-")) / "tiny-sd", seed=0)
-        try:
-            os.replace(staging, CACHE)  # atomic; another worker may have won the race
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-    return CACHE
+        build_tiny_sd(folder, seed=0)
+
+    return cached_folder("a9-tiny-sd-seed0", build)
 
 
 def sd15_config(component: str) -> dict:
