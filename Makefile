@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 # Two pytest workers, one torch thread each (tests/conftest.py): uses both cores of a laptop or CI machine;
 # the 30 slowest tests are listed at the end (the suite should stay under 15 minutes on 2 cores).
-PYTEST_ARGS ?= -n 2 --durations=30
+PYTEST_ARGS ?= -n 2 --dist worksteal --durations=30
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -19,6 +19,7 @@ did make the notebook's own tests pass, and only the grader's checks took the po
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -315,3 +316,37 @@ def test_cached_folder_is_built_once_and_only_trusted_when_private(tmp_path, mon
         str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="name"):
         cached_folder("../escape", build)
+
+
+def test_a_deterministic_judge_is_remembered_by_file_content(tmp_path, monkeypatch):
+    """Check(judge=..., reads=(file,)): the verdict is cached by the files' content, the checks.py and the test;
+    a changed file, another test or another checks.py is judged again."""
+    from course_lib.grading.verdicts import Trial, _judge
+
+    monkeypatch.setenv("COURSE_LIB_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def judge(trial):
+        calls.append(trial.submitted)
+        text = (trial.submitted / "w.bin").read_text()
+        return None if text == "good" else f"bad weights {text}"
+
+    (tmp_path / "checks.py").write_text(
+        "from course_lib.grading.verdicts import Check\nCHECKS = {'test_a': Check(judge=print, reads=('w.bin',))}\n")
+    check = dataclasses.replace(load_checks(tmp_path / "checks.py")["test_a"], judge=judge)
+    submitted = tmp_path / "student"
+    submitted.mkdir()
+    (submitted / "w.bin").write_text("good")
+    trial = Trial(inputs={}, outputs={}, submitted=submitted)
+    assert _judge(check, trial, "test_a") is None and _judge(check, trial, "test_a") is None and len(calls) == 1
+    assert _judge(check, trial, "test_b") is None and len(calls) == 2              # another test: judged
+    (submitted / "w.bin").write_text("broken")
+    assert _judge(check, trial, "test_a") == "bad weights broken" and len(calls) == 3
+    assert _judge(check, trial, "test_a") == "bad weights broken" and len(calls) == 3
+    assert _judge(dataclasses.replace(check, origin="another checks.py"), trial, "test_a") and len(calls) == 4
+    with pytest.raises(ValueError, match="reads"):
+        Check(probe="outputs['x'] = 1", judge=judge, reads=("w.bin",))
+    with pytest.raises(ValueError, match="reads"):
+        Check(judge=judge, reads=("../w.bin",))
+    monkeypatch.setenv("COURSE_GRADER_REMEMBER_VERDICTS", "0")                 # the instructor's "judge again"
+    assert _judge(check, trial, "test_a") == "bad weights broken" and len(calls) == 5

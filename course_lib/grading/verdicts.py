@@ -46,12 +46,18 @@ solutions/<a>/ out of the release and out of the grading folder) defines ``CHECK
     rtol, atol  the tolerance; ``tolerances`` overrides it per output name: {"name": (rtol, atol)}
     judge    (Trial) -> failure message or None: a custom verdict instead of ``expect`` (Trial has inputs,
              outputs, submitted: the submission folder, generator: seeded for the judge's own sampling)
+    reads    for a deterministic judge-only check (no probe, no use of ``generator``): the submitted files it
+             reads; its verdict is then cached by the content of those files, checks.py and course_lib
+             (COURSE_GRADER_REMEMBER_VERDICTS=0 in the environment of autograde judges everything again)
 
 Tolerances follow from the arithmetic: a float32 result of depth n and magnitude m carries ~1.2e-7 * m * n of
 rounding error; references are computed in float64 from the same float32 inputs.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import importlib.util
 import json
 import math
@@ -88,6 +94,9 @@ class Check:
     atol: float = 1e-6
     tolerances: dict = field(default_factory=dict)
     judge: Callable | None = None
+    reads: tuple = ()
+    origin: str = ""  # set by load_checks: a digest of the checks.py it came from
+
 
     def __post_init__(self):
         if not isinstance(self.probe, str):
@@ -96,6 +105,12 @@ class Check:
             raise ValueError("a Check needs exactly one of expect= (reference outputs) or judge= (custom verdict)")
         if self.expect is not None and not self.probe:
             raise ValueError("expect= compares the probe's outputs: give a probe too")
+        if self.reads and (self.judge is None or self.probe):
+            raise ValueError("reads= names the submitted files a judge-only check depends on: give judge= and no "
+                             "probe")
+        if not isinstance(self.reads, tuple) or not all(isinstance(r, str) and r and "/" not in r and r[0] != "."
+                                                        for r in self.reads):
+            raise ValueError(f"reads must be a tuple of file names in the submission folder, got {self.reads!r}")
         for name in ("inputs", "expect", "judge"):
             value = getattr(self, name)
             if value is not None and not callable(value):
@@ -123,7 +138,25 @@ def load_checks(path) -> dict[str, Check]:
     checks = getattr(module, "CHECKS", None)
     if not isinstance(checks, dict) or not all(isinstance(k, str) and isinstance(v, Check) for k, v in checks.items()):
         raise ValueError(f"{path} must define CHECKS, a dict of test grade_id -> Check")
-    return checks
+    origin = hashlib.sha256(path.read_bytes() + _library_digest().encode()).hexdigest()
+    return {name: dataclasses.replace(check, origin=origin) for name, check in checks.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _library_digest() -> str:
+    """The course library's own source and torch's version: what a judge's verdict may also depend on."""
+    digest = hashlib.sha256(torch_version().encode())
+    for source in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def torch_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("torch")
+    except Exception:  # not installed as a distribution
+        return "unknown"
 
 
 def cached_folder(name: str, build: Callable[[Path], None]) -> Path:
@@ -229,9 +262,10 @@ def compare(name: str, got, want, rtol: float, atol: float) -> str | None:
     raise ValueError(f"expected value of {name!r} must be a tensor, number, bool, str or list, got {type(want)}")
 
 
-def _judge(check: Check, trial: Trial) -> str | None:
+def _judge(check: Check, trial: Trial, test: str = "") -> str | None:
     if check.judge is not None:
-        return check.judge(trial)
+        remember = check.reads and os.environ.get("COURSE_GRADER_REMEMBER_VERDICTS", "1") != "0"
+        return _remembered_judge(check, trial, test) if remember else check.judge(trial)
     if trial.error:
         return trial.error
     for name, want in check.expect(trial.inputs).items():
@@ -242,6 +276,34 @@ def _judge(check: Check, trial: Trial) -> str | None:
         if problem:
             return problem
     return None
+
+
+def _remembered_judge(check: Check, trial: Trial, test: str) -> str | None:
+    """A judge-only check with ``reads=`` is a function of the checks.py, the course library and those files
+    (a deterministic judge: it must not use ``trial.generator``). Its verdict is kept in the grader's cache, keyed
+    by all of them, so grading the same files again (a re-run, a resubmitted model) costs nothing."""
+    digest = hashlib.sha256(f"{check.origin}\n{test}\n{getattr(check.judge, '__qualname__', '')}\n".encode())
+    for name in check.reads:
+        path = trial.submitted / name
+        digest.update(f"{name}\n".encode())
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(2**20), b""):
+                    digest.update(block)
+        else:
+            digest.update(b"<missing>")
+    folder = cached_folder("verdicts-v1", lambda built: built.mkdir())
+    record = folder / f"{digest.hexdigest()}.json"
+    if record.is_file():
+        try:
+            return json.loads(record.read_text())["problem"]
+        except (ValueError, KeyError, OSError):
+            pass  # unreadable: judge again
+    problem = check.judge(trial)
+    staging = folder / f".{record.name}.{os.getpid()}"
+    staging.write_text(json.dumps({"problem": problem}))
+    os.replace(staging, record)
+    return problem
 
 
 # ------------------------------------------------------------------------------------ in the kernel
@@ -403,7 +465,7 @@ class ApplyVerdicts(NbGraderPreprocessor):
             trial = Trial(inputs=inputs, outputs=outputs, submitted=submitted, generator=_seeded_generator(),
                           error=error)
             try:
-                problem = _judge(check, trial)
+                problem = _judge(check, trial, test)
             except Exception as err:  # the reference itself failed on what came back: the check fails, said
                 problem = f"the comparison failed ({type(err).__name__}: {str(err)[:200]})"
             if problem:

@@ -350,6 +350,6 @@ CHECKS = {
     # images after a few UNet + VAE passes (~40 layers, group norms), computed in two processes: ~1e-3
     "test_generate": Check(probe=GENERATE, inputs=_generate_inputs, expect=_generate_expected, rtol=1e-3, atol=1e-3),
     "test_img2img_timesteps": Check(probe=IMG2IMG, inputs=_img2img_inputs, expect=_img2img_expected),
-    "test_prompt_colour": Check(judge=_accuracy_judge("colour_acc", MIN_COLOUR_ACCURACY)),
-    "test_prompt_shape": Check(judge=_accuracy_judge("shape_acc", MIN_SHAPE_ACCURACY)),
+    "test_prompt_colour": Check(judge=_accuracy_judge("colour_acc", MIN_COLOUR_ACCURACY), reads=(WEIGHTS,)),
+    "test_prompt_shape": Check(judge=_accuracy_judge("shape_acc", MIN_SHAPE_ACCURACY), reads=(WEIGHTS,)),
 }
