@@ -669,45 +669,55 @@ if os.path.exists(WEIGHTS) and not AUTOGRADE:
 
 # %% nbgrader={"grade": false, "grade_id": "evaluation", "locked": true, "schema_version": 3, "solution": false}
 # Evaluation (read-only): your saved model, the library's sampler, a freshly trained judge.
-from course_lib.metrics import prompt_accuracy, train_evaluator
-
+# While grading (AUTOGRADE), the grader draws these same 96 pictures from the weights you handed in, outside this
+# notebook, and judges them the same way; in this cell the weights then only have to load.
 assert os.path.exists(WEIGHTS), f"{WEIGHTS} not found: run part 5 (and submit the file with the notebook)"
 trained = load_minisd(WEIGHTS)
 assert trained.image_size == IMAGE_SIZE, f"the model must draw {IMAGE_SIZE} x {IMAGE_SIZE} images, got {trained.image_size}"
-_prompts = prompt_set()
-_seeds = range(8)
-_latents = torch.stack([torch.randn(trained.latent_shape(1)[1:], generator=torch.Generator().manual_seed(1000 + s))
-                        for _ in _prompts for s in _seeds])
-with torch.no_grad():
-    _images = trained([p for p, _, _ in _prompts for _ in _seeds], num_inference_steps=NUM_INFERENCE_STEPS,
-                      guidance_scale=GUIDANCE_SCALE, latents=_latents, progress=False).images
-judge, _judge_report = train_evaluator(num_train=3000, steps=300, num_test=200, image_size=IMAGE_SIZE, seed=0,
-                                       progress=False)
-evaluation = prompt_accuracy(judge, _images, [s for _, s, _ in _prompts for _ in _seeds],
-                             [c for _, _, c in _prompts for _ in _seeds])
-print(f"colour accuracy {evaluation['colour_acc']:.3f} (>= {MIN_COLOUR_ACCURACY}), "
-      f"shape accuracy {evaluation['shape_acc']:.3f} (>= {MIN_SHAPE_ACCURACY}), "
-      f"both right {evaluation['joint_acc']:.3f}; the judge on real images: shape {_judge_report['shape_acc']:.2f}, "
-      f"colour {_judge_report['colour_acc']:.2f}")
-fig = show_images(_images[::8], titles=[p for p, _, _ in _prompts], ncols=6)
+evaluation = None
+if not AUTOGRADE:
+    from course_lib.metrics import prompt_accuracy, train_evaluator
+
+    _prompts = prompt_set()
+    _seeds = range(8)
+    _latents = torch.stack([torch.randn(trained.latent_shape(1)[1:], generator=torch.Generator().manual_seed(1000 + s))
+                            for _ in _prompts for s in _seeds])
+    with torch.no_grad():
+        _images = trained([p for p, _, _ in _prompts for _ in _seeds], num_inference_steps=NUM_INFERENCE_STEPS,
+                          guidance_scale=GUIDANCE_SCALE, latents=_latents, progress=False).images
+    judge, _judge_report = train_evaluator(num_train=3000, steps=300, num_test=200, image_size=IMAGE_SIZE, seed=0,
+                                           progress=False)
+    evaluation = prompt_accuracy(judge, _images, [s for _, s, _ in _prompts for _ in _seeds],
+                                 [c for _, _, c in _prompts for _ in _seeds])
+    print(f"colour accuracy {evaluation['colour_acc']:.3f} (>= {MIN_COLOUR_ACCURACY}), "
+          f"shape accuracy {evaluation['shape_acc']:.3f} (>= {MIN_SHAPE_ACCURACY}), "
+          f"both right {evaluation['joint_acc']:.3f}; the judge on real images: shape {_judge_report['shape_acc']:.2f}, "
+          f"colour {_judge_report['colour_acc']:.2f}")
+    fig = show_images(_images[::8], titles=[p for p, _, _ in _prompts], ncols=6)
 
 # %% nbgrader={"grade": true, "grade_id": "test_prompt_colour", "locked": true, "points": 5, "schema_version": 3, "solution": false}
 # Graded: the right colour.
-assert evaluation["n"] == 96, "the evaluation must cover 8 images for each of the 12 prompts"
-assert evaluation["colour_acc"] >= MIN_COLOUR_ACCURACY, (
-    f"colour accuracy {evaluation['colour_acc']:.3f} < {MIN_COLOUR_ACCURACY}: train longer (part 5)")
+assert os.path.exists(WEIGHTS), f"{WEIGHTS} not found: run part 5 (and submit the file with the notebook)"
+if not AUTOGRADE:
+    assert evaluation["n"] == 96, "the evaluation must cover 8 images for each of the 12 prompts"
+    assert evaluation["colour_acc"] >= MIN_COLOUR_ACCURACY, (
+        f"colour accuracy {evaluation['colour_acc']:.3f} < {MIN_COLOUR_ACCURACY}: train longer (part 5)")
 ### BEGIN HIDDEN TESTS
-assert _judge_report["colour_acc"] > 0.95, "the judge itself must be reliable"
-assert _images.shape == (96, 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(_images).all()
+if not AUTOGRADE:
+    assert _judge_report["colour_acc"] > 0.95, "the judge itself must be reliable"
+    assert _images.shape == (96, 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(_images).all()
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_prompt_shape", "locked": true, "points": 6, "schema_version": 3, "solution": false}
 # Graded: the right shape.
-assert evaluation["n"] == 96, "the evaluation must cover 8 images for each of the 12 prompts"
-assert evaluation["shape_acc"] >= MIN_SHAPE_ACCURACY, (
-    f"shape accuracy {evaluation['shape_acc']:.3f} < {MIN_SHAPE_ACCURACY}: train longer (part 5)")
+assert os.path.exists(WEIGHTS), f"{WEIGHTS} not found: run part 5 (and submit the file with the notebook)"
+if not AUTOGRADE:
+    assert evaluation["n"] == 96, "the evaluation must cover 8 images for each of the 12 prompts"
+    assert evaluation["shape_acc"] >= MIN_SHAPE_ACCURACY, (
+        f"shape accuracy {evaluation['shape_acc']:.3f} < {MIN_SHAPE_ACCURACY}: train longer (part 5)")
 ### BEGIN HIDDEN TESTS
-assert _judge_report["shape_acc"] > 0.9, "the judge itself must be reliable"
+if not AUTOGRADE:
+    assert _judge_report["shape_acc"] > 0.9, "the judge itself must be reliable"
 assert sum(p.numel() for p in trained.unet.parameters()) < 20_000_000, "keep the model small"
 ### END HIDDEN TESTS
 
