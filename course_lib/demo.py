@@ -33,16 +33,21 @@ from course_lib.viz import plot_losses, save_image_grid
 __all__ = ["run_demo", "evaluate_pipeline", "main"]
 
 
-def get_demo_evaluator(out_dir: Path, fast: bool, seed: int = 0) -> tuple[ShapeEvaluator, dict]:
-    """The judge: trained on freshly rendered real images of every pair (held-out pairs included)."""
-    folder = out_dir / "evaluator"
+def load_or_train_judge(folder: Path, train) -> tuple[ShapeEvaluator, dict]:
+    """A demo's judge kept in ``folder`` (config, weights, report.json): loaded if it is there, else
+    ``train()`` -> (evaluator, report) runs once and both are saved. Shared by both worlds' demos."""
     if (folder / "report.json").is_file():
         return ShapeEvaluator.from_pretrained(folder), json.loads((folder / "report.json").read_text())
-    evaluator, report = (train_evaluator(num_train=1000, steps=60, num_test=200, seed=seed) if fast
-                         else train_evaluator(seed=seed))
+    evaluator, report = train()
     evaluator.save_pretrained(folder)
     atomic_write_json(folder / "report.json", report)
     return evaluator, report
+
+
+def get_demo_evaluator(out_dir: Path, fast: bool, seed: int = 0) -> tuple[ShapeEvaluator, dict]:
+    """The judge: trained on freshly rendered real images of every pair (held-out pairs included)."""
+    return load_or_train_judge(out_dir / "evaluator", lambda: (
+        train_evaluator(num_train=1000, steps=60, num_test=200, seed=seed) if fast else train_evaluator(seed=seed)))
 
 
 @torch.no_grad()

@@ -38,14 +38,10 @@ __all__ = ["get_scene_judge", "evaluate_scenes", "vae_reconstruction", "run_scen
 
 def get_scene_judge(out_dir: Path, fast: bool, seed: int = 0) -> tuple[ShapeEvaluator, dict]:
     """The judge's crop classifier, trained on real renders once and kept in ``out_dir / "evaluator"``."""
-    folder = out_dir / "evaluator"
-    if (folder / "report.json").is_file():
-        return ShapeEvaluator.from_pretrained(folder), json.loads((folder / "report.json").read_text())
-    classifier, report = (train_scene_evaluator(num_train=1000, steps=60, num_test=40, seed=seed) if fast
-                          else train_scene_evaluator(seed=seed))
-    classifier.save_pretrained(folder)
-    atomic_write_json(folder / "report.json", report)
-    return classifier, report
+    from course_lib.demo import load_or_train_judge
+    return load_or_train_judge(out_dir / "evaluator", lambda: (
+        train_scene_evaluator(num_train=1000, steps=60, num_test=40, seed=seed) if fast
+        else train_scene_evaluator(seed=seed)))
 
 
 def _real(config: MiniSDConfig, n: int, seed_offset: int, split: str = "train") -> dict:
