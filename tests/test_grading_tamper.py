@@ -350,3 +350,36 @@ def test_a_deterministic_judge_is_remembered_by_file_content(tmp_path, monkeypat
         Check(judge=judge, reads=("../w.bin",))
     monkeypatch.setenv("COURSE_GRADER_REMEMBER_VERDICTS", "0")                 # the instructor's "judge again"
     assert _judge(check, trial, "test_a") == "bad weights broken" and len(calls) == 5
+
+
+def test_a3_digit_judge_from_its_arrays_is_the_notebooks_classifier(tmp_path, monkeypatch):
+    """a3's judge applies the notebook's LogisticRegression and PCA from arrays fitted once per machine: the same
+    probabilities and features as scikit-learn's own predict_proba and transform."""
+    import warnings
+
+    import torch
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    from course_lib.data import load_digits
+
+    monkeypatch.setenv("COURSE_LIB_CACHE", str(tmp_path / "cache"))
+    spec = importlib.util.spec_from_file_location("a3_checks", ROOT / "solutions" / "a3_ddpm" / "checks.py")
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+    judge = checks._digit_judge()
+    assert (tmp_path / "cache" / "grader").is_dir()                           # built once, in the grader's cache
+    real, labels = load_digits(8, split="all")
+    x = torch.cat([real.flatten(1), torch.rand(50, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        classifier = LogisticRegression(C=0.1, max_iter=2000).fit(real.flatten(1).numpy(), labels.numpy())
+        pca = PCA(n_components=16, random_state=0).fit(real.flatten(1).numpy())
+    probs = torch.softmax(x.double() @ judge["coef"].T + judge["intercept"], dim=1)
+    features = (x.double() - judge["pca_mean"]) @ judge["pca_components"].T
+    # scikit-learn computes in the input's float32: 64-term dot products of O(10) terms carry ~1.2e-7 * 10 * 64
+    # ~ 1e-4 of rounding at most (far less on average); the judge's float64 is exact beside it
+    want_probs = torch.from_numpy(classifier.predict_proba(x.numpy())).double()
+    torch.testing.assert_close(probs, want_probs, rtol=0, atol=1e-4)
+    assert torch.equal(probs.argmax(1), want_probs.argmax(1))
+    torch.testing.assert_close(features, torch.from_numpy(pca.transform(x.numpy())).double(), rtol=0, atol=1e-4)

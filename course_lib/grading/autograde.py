@@ -173,9 +173,11 @@ def _process_context():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     # the worker's modules, and the libraries the grader's checks compute references with (diffusers and peft take
-    # ~5-15 s to import: once per run instead of once per submission; a missing one is skipped)
+    # ~5-15 s to import, scikit-learn's models ~1.5 s: once per run instead of once per submission; a missing one
+    # is skipped)
     context.set_forkserver_preload(["course_lib.grading._worker", "diffusers", "peft",
-                                    "diffusers.models.unets.unet_2d_condition"])
+                                    "diffusers.models.unets.unet_2d_condition", "sklearn.linear_model",
+                                    "sklearn.decomposition"])
     return context
 
 

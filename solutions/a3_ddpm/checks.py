@@ -7,14 +7,16 @@ compared with rtol 1e-5 and atol 5e-7: the cosine schedule's 1 - f(t+1)/f(t) los
 when computed in float32.
 """
 import math
+from pathlib import Path
 
 import torch
 
-from course_lib.grading.verdicts import Check
+from course_lib.grading.verdicts import Check, cached_folder
 
 IMAGE_SIZE, NUM_TRAIN_TIMESTEPS, BETA_SCHEDULE = 8, 1000, "linear"
 WEIGHTS = "a3_ddpm_weights.safetensors"
 MIN_CONFIDENCE, MIN_CLASSES, MAX_FRECHET = 0.60, 8, 3.0
+SAMPLING_STEPS = 25  # DDIM steps of the graded samples, as in the notebook
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 
 
@@ -240,6 +242,33 @@ class _Denoiser(torch.nn.Module):
         return self.unet(x_t, t, x_t.new_zeros(x_t.shape[0], 1, self.config.context_dim))
 
 
+def _build_digit_judge(folder: Path) -> None:
+    """The notebook's classifier and PCA, fitted once per machine: their arrays, saved for the judge."""
+    import warnings
+
+    from safetensors.torch import save_file
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    from course_lib.data import load_digits
+
+    real, labels = load_digits(IMAGE_SIZE, split="all")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        classifier = LogisticRegression(C=0.1, max_iter=2000).fit(real.flatten(1).numpy(), labels.numpy())
+        pca = PCA(n_components=16, random_state=0).fit(real.flatten(1).numpy())
+    folder.mkdir(parents=True)
+    arrays = {"coef": classifier.coef_, "intercept": classifier.intercept_, "pca_mean": pca.mean_,
+              "pca_components": pca.components_}
+    save_file({k: torch.from_numpy(v).double().contiguous() for k, v in arrays.items()}, str(folder / "judge.safetensors"))
+
+
+def _digit_judge() -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(cached_folder("a3-digit-judge-v1-8px", _build_digit_judge) / "judge.safetensors"))
+
+
 def _samples_judge(trial):
     """The submitted weights, sampled here with diffusers' DDIM and judged as in the test."""
     import warnings
@@ -252,8 +281,6 @@ def _samples_judge(trial):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from diffusers import DDIMScheduler
-        from sklearn.decomposition import PCA
-        from sklearn.linear_model import LogisticRegression
     path = trial.submitted / WEIGHTS
     if not path.is_file():
         return f"{WEIGHTS} was not handed in"
@@ -265,26 +292,24 @@ def _samples_judge(trial):
     model.eval()
     sampler = DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE, clip_sample=True,
                             set_alpha_to_one=True)
-    sampler.set_timesteps(50)
+    sampler.set_timesteps(SAMPLING_STEPS)
     # the notebook's fixed start noise: the same metric as the test (a secret start would make a model that
     # passes the test fail here by chance), computed where the student's code cannot reach it
     x = torch.randn(256, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(2024))
     with torch.no_grad():
         for t in sampler.timesteps:
             x = sampler.step(model(x, torch.full((256,), int(t))), t, x).prev_sample
-    samples = x.clamp(-1, 1).flatten(1).numpy()
-    if not (samples == samples).all():
+    samples = x.clamp(-1, 1).flatten(1).double()                               # (256, 64)
+    if not torch.isfinite(samples).all():
         return "the samples are not finite"
-    real, labels = load_digits(IMAGE_SIZE, split="all")
-    held_out = load_digits(IMAGE_SIZE, split="test")[0].flatten(1).numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        probs = LogisticRegression(C=0.1, max_iter=2000).fit(real.flatten(1).numpy(), labels.numpy()) \
-            .predict_proba(samples)
-        pca = PCA(n_components=16, random_state=0).fit(real.flatten(1).numpy())
-        f_samples, f_real = torch.from_numpy(pca.transform(samples)), torch.from_numpy(pca.transform(held_out))
-    confidence = float(probs.max(axis=1).mean())
-    classes = int((torch.bincount(torch.from_numpy(probs.argmax(axis=1)), minlength=10) >= 0.02 * 256).sum())
+    # the classifier and PCA of the test, applied from their arrays: softmax(x W^T + b), (x - mean) V^T
+    judge = _digit_judge()
+    probs = torch.softmax(samples @ judge["coef"].T + judge["intercept"], dim=1)  # (256, 10)
+    held_out = load_digits(IMAGE_SIZE, split="test")[0].flatten(1).double()
+    f_samples = (samples - judge["pca_mean"]) @ judge["pca_components"].T       # (256, 16)
+    f_real = (held_out - judge["pca_mean"]) @ judge["pca_components"].T         # (359, 16)
+    confidence = float(probs.max(dim=1).values.mean())
+    classes = int((torch.bincount(probs.argmax(dim=1), minlength=10) >= 0.02 * 256).sum())
     frechet = frechet_distance(f_samples.mean(0), torch.cov(f_samples.T), f_real.mean(0), torch.cov(f_real.T))
     if confidence < MIN_CONFIDENCE or classes < MIN_CLASSES or not frechet <= MAX_FRECHET:
         return (f"samples drawn by the grader: confidence {confidence:.3f} (>= {MIN_CONFIDENCE}), digits present "

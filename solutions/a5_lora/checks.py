@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib.grading.verdicts import Check
+from course_lib.grading.verdicts import Check, cached_folder
 
 ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_PATH = "a5_lora_weights.safetensors"
@@ -410,22 +410,14 @@ def _purple_rings(n, seed=0, size=64):
     return coverage.unsqueeze(1) * purple * 2 - 1
 
 
-def _tiny_sd(submitted: Path, scratch: Path) -> Path:
-    """The notebook's tiny SD (build_tiny_sd, seed 0), built once per grading workspace (hidden from kernels)."""
-    import os
+def _tiny_sd() -> Path:
+    """The notebook's tiny SD (build_tiny_sd, seed 0), built once per machine in the grader's cache (which the
+    kernels cannot see); a9's checks use the same folder."""
+    def build(folder):
+        from course_lib.sd import build_tiny_sd
+        build_tiny_sd(folder, seed=0)
 
-    from course_lib.sd import build_tiny_sd
-
-    workspace = submitted.parents[2] if len(submitted.parents) > 2 else scratch
-    cached = workspace / "cache" / "a5_tiny_sd"
-    if not (cached / "model_index.json").is_file():
-        built = build_tiny_sd(scratch / "tiny_sd", seed=0)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(built, cached)  # atomic: a parallel worker may have won, then its copy is used
-        except OSError:
-            return built if not (cached / "model_index.json").is_file() else cached
-    return cached
+    return cached_folder("tiny-sd-seed0", build)
 
 
 def _trained_lora_judge(trial):
@@ -456,26 +448,25 @@ def _trained_lora_judge(trial):
             return "the file's metadata needs lora_adapter_metadata"
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory(prefix="grader-tiny-sd-") as folder:
-        tiny = _tiny_sd(trial.submitted, Path(folder))
-        components = load_sd_components(tiny)
-        scheduler = DDPMScheduler.from_config(components.scheduler.config)
-        g = torch.Generator().manual_seed(1)
-        latents = encode_images(components, _purple_rings(32, seed=1), generator=g)
-        context = encode_prompts(components, [CONCEPT_PROMPT] * 32)
-        noise = torch.randn(latents.shape, generator=g)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (32,), generator=g)
-        pipe = StableDiffusionPipeline.from_pretrained(tiny, safety_checker=None, requires_safety_checker=False)
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                pipe.load_lora_weights(str(path.parent), weight_name=path.name)
-            except Exception as err:
-                return f"diffusers could not load the file ({type(err).__name__}: {str(err)[:120]})"
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        with torch.no_grad():
-            losses = [torch.nn.functional.mse_loss(pipe.unet(noisy, timesteps, context, cross_attention_kwargs={
-                "scale": scale}).sample, noise).item() for scale in (0.0, 1.0)]
+    tiny = _tiny_sd()
+    components = load_sd_components(tiny)
+    scheduler = DDPMScheduler.from_config(components.scheduler.config)
+    g = torch.Generator().manual_seed(1)
+    latents = encode_images(components, _purple_rings(32, seed=1), generator=g)
+    context = encode_prompts(components, [CONCEPT_PROMPT] * 32)
+    noise = torch.randn(latents.shape, generator=g)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (32,), generator=g)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny, safety_checker=None, requires_safety_checker=False)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+        except Exception as err:
+            return f"diffusers could not load the file ({type(err).__name__}: {str(err)[:120]})"
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    with torch.no_grad():
+        losses = [torch.nn.functional.mse_loss(pipe.unet(noisy, timesteps, context, cross_attention_kwargs={
+            "scale": scale}).sample, noise).item() for scale in (0.0, 1.0)]
     if not losses[1] < 0.95 * losses[0]:
         return (f"evaluation loss computed by the grader: base model {losses[0]:.4f}, with the submitted LoRA "
                 f"{losses[1]:.4f}; it should be at least 5 % lower")
