@@ -33,6 +33,7 @@ from course_lib.grading.sanitize import (LIMITS, POLICIES, autograde_config, fin
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from assignment_mutants.a1_vae import KL_MISSING_HALF, REPARAMETERIZE_WITH_VARIANCE  # noqa: E402
+from conftest import built_once  # noqa: E402
 
 # ---------------------------------------------------------------------------------- the norms course
 
@@ -327,10 +328,14 @@ def _hand_in(course: Course) -> None:
         nbformat.write(_a1_submission(student, a1), str(folder / "a1_vae.ipynb"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def batch(tmp_path_factory):
-    """The whole batch: hand in, autograde (one call, both assignments), feedback, export."""
-    tmp = tmp_path_factory.mktemp("hostile")
+    """The whole batch, built once per session (conftest.built_once)."""
+    return built_once(tmp_path_factory, "hostile", _grade_batch)
+
+
+def _grade_batch(tmp: Path) -> dict:
+    """Hand in, autograde (one call, both assignments), feedback, export."""
     course = _make_course(tmp / "course")
     _hand_in(course)
     statuses = {(s.assignment, s.student): s for s in autograde(course)}

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data" / "tamper"
 sys.path.insert(0, str(DATA))
 import course as tamper  # noqa: E402  (tests/data/tamper/course.py)
+from conftest import built_once  # noqa: E402
 
 
 def _load(path: Path):
@@ -167,9 +168,13 @@ def _hand_in(course: Course) -> None:
         put(student, "a2_attention", _a2_submission(student, a2))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def batch(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tamper")
+    """Every tamper and legal submission graded, once per session (conftest.built_once)."""
+    return built_once(tmp_path_factory, "tamper", _grade_batch)
+
+
+def _grade_batch(tmp: Path) -> tuple:
     course = _make_course(tmp / "course")
     _hand_in(course)
     statuses = {(s.assignment, s.student): s for s in autograde(course, jobs=2)}
