@@ -30,6 +30,8 @@ VARIANTS = {
                            {"text_features": "last_hidden_state"}, ("unet",)),
     "bidirectional": ("a bidirectional text encoder (every token sees the whole caption)",
                       {"clip": {"causal": False}}, ("clip", "unet")),
+    "train-text-encoder": ("the text encoder trained with the UNet's loss (SD keeps CLIP frozen)",
+                           {"train_text_encoder": True}, ("unet",)),
     "bidirectional-hidden-only": ("bidirectional text encoder, hidden states only",
                                   {"clip": {"causal": False}, "text_features": "last_hidden_state"},
                                   ("clip", "unet")),

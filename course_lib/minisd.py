@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from course_lib._checks import check_choice, check_float, check_int
 from course_lib._config import JSONConfig
-from course_lib._io import atomic_write_json
+from course_lib._io import atomic_save_safetensors, atomic_write_json, load_safetensors
 from course_lib.data import COLOURS, SHAPES, all_pairs, caption_for, shapes_batch
 from course_lib.guidance import apply_keep_mask, sample_keep_mask
 from course_lib.pipeline import TEXT_FEATURES, MiniSDPipeline, encode_text
@@ -43,6 +44,7 @@ __all__ = ["MiniSDConfig", "train_vae", "train_clip", "train_unet", "build_pipel
            "training_captions"]
 
 HELD_OUT_PAIRS = (("green", "triangle"), ("yellow", "circle"))
+TUNED_TEXT_ENCODER = "text_encoder.safetensors"  # in unet/, when config.train_text_encoder
 WORLDS = ("shapes", "scenes")  # course_lib.data's one object at 32x32, course_lib.scenes' one or two at 64x64
 
 
@@ -76,6 +78,7 @@ class MiniSDConfig(JSONConfig):
     unet_lr: float = 1e-3
     cond_dropout: float = 0.1
     text_features: str = "last_hidden_state+token_embeddings"  # what the UNet attends to (pipeline.encode_text)
+    train_text_encoder: bool = False  # also train the text encoder with the UNet's loss (SD keeps CLIP frozen)
     ema_decay: float = 0.999
     snr_gamma: float | None = 5.0   # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
     num_train_timesteps: int = 1000
@@ -97,6 +100,8 @@ class MiniSDConfig(JSONConfig):
         check_float("vae_beta", self.vae_beta, minimum=0.0)
         check_float("cond_dropout", self.cond_dropout, minimum=0.0, maximum=1.0)
         check_choice("text_features", self.text_features, TEXT_FEATURES)
+        if not isinstance(self.train_text_encoder, bool):
+            raise ValueError(f"train_text_encoder must be a bool, got {self.train_text_encoder!r}")
         check_float("ema_decay", self.ema_decay, minimum=0.0, maximum=1.0)
         check_float("guidance_scale", self.guidance_scale, minimum=0.0)
         check_choice("world", self.world, WORLDS)
@@ -320,28 +325,45 @@ def _encode_captions(text_encoder: TextEncoder, tokenizer: CaptionTokenizer, cap
 def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder: TextEncoder,
                tokenizer: CaptionTokenizer, scale_factor: float, data: dict | None = None) -> tuple[UNet, dict]:
     """Stage 3: Ho et al. 2020's Algorithm 1 on latents, with condition dropout, min-SNR weighting and EMA.
-    Returns the EMA weights (what sampling uses)."""
+    Returns the EMA weights (what sampling uses).
+
+    With ``config.train_text_encoder`` the UNet's loss also trains ``text_encoder``, in place (EMA-averaged like
+    the UNet; saved as ``unet/text_encoder.safetensors`` and loaded back into it when the stage is done): CLIP's
+    contrastive objective barely separates "left of" from "right of", the denoising loss has to.
+    """
     folder = Path(out_dir) / "unet"
     if (done := _stage_done(folder)) is not None:
-        trained_on = done.get("text_features")
-        if trained_on != config.text_features:
-            raise ValueError(f"config.text_features is {config.text_features!r} but the UNet in {folder} was trained "
-                             f"on {trained_on!r}; start a fresh output folder (demo: --fresh)")
+        for key, want in (("text_features", config.text_features), ("train_text_encoder", config.train_text_encoder)):
+            if done.get(key, False) != want:
+                raise ValueError(f"config.{key} is {want!r} but the UNet in {folder} was trained with "
+                                 f"{done.get(key, False)!r}; start a fresh output folder (demo: --fresh)")
+        if config.train_text_encoder:
+            text_encoder.load_state_dict(load_safetensors(folder / TUNED_TEXT_ENCODER))
+            text_encoder.eval().requires_grad_(False)
         return UNet.from_pretrained(folder), done
     start = time.perf_counter()
     data = _train_data(config) if data is None else data
     vae.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     means, stds = _encode_dataset(vae, data["image"])
-    features, masks, caption_index, empty = _encode_captions(text_encoder, tokenizer, data["caption"],
-                                                             config.text_features)
+    if config.train_text_encoder:  # tokens of every distinct caption; features computed in each step
+        unique = sorted(set(data["caption"]) | {""})
+        tokens = tokenizer(unique, max_length=text_encoder.config.max_length)      # (U, L) each
+        lookup = {caption: i for i, caption in enumerate(unique)}
+        caption_index, empty = torch.tensor([lookup[c] for c in data["caption"]]), lookup[""]
+        text_encoder.train().requires_grad_(True)
+    else:
+        features, masks, caption_index, empty = _encode_captions(text_encoder, tokenizer, data["caption"],
+                                                                 config.text_features)
     unet_config = dataclasses.replace(config.unet, in_channels=vae.config.latent_channels,
                                       out_channels=vae.config.latent_channels, context_dim=text_encoder.config.width)
     torch.manual_seed(config.seed + 2)
     unet = UNet(unet_config)
-    ema = EMA(unet, decay=config.ema_decay)
+    trained = {"unet": unet, **({"text_encoder": text_encoder} if config.train_text_encoder else {})}
+    together = nn.ModuleDict(trained)  # what the optimizer and the EMA see
+    ema = EMA(together, decay=config.ema_decay)
     noise_scheduler = make_scheduler(config)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(together.parameters(), lr=config.unet_lr, weight_decay=0.01)
     lr_scheduler = cosine_schedule_with_warmup(optimizer, min(200, config.unet_steps // 10), config.unet_steps)
     generator = torch.Generator().manual_seed(config.seed + 2)
 
@@ -352,27 +374,34 @@ def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder
         # the caption, replaced by "" with probability cond_dropout (classifier-free guidance training)
         keep = sample_keep_mask(len(idx), p=config.cond_dropout, generator=g)
         which = apply_keep_mask(caption_index[idx], empty, keep)
+        if config.train_text_encoder:
+            context, context_mask = encode_text(text_encoder, tokens["input_ids"][which],
+                                                tokens["attention_mask"][which], config.text_features)
+        else:
+            context, context_mask = features[which], masks[which]                  # (B, L', D), (B, L')
         # Ho et al. 2020, Alg. 1: t ~ U{0..T-1}, eps ~ N(0, I), z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
         t = torch.randint(0, config.num_train_timesteps, (len(idx),), generator=g)
         noise = torch.randn(z0.shape, generator=g)
         z_t = noise_scheduler.add_noise(z0, noise, t)
-        pred = unet(z_t, t, features[which], masks[which])
+        pred = unet(z_t, t, context, context_mask)
         per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
         if config.snr_gamma is not None:
             per_sample = per_sample * min_snr_weights(noise_scheduler, t, config.snr_gamma)
         return per_sample.mean()
 
-    history = train_loop(step_fn, config.unet_steps, modules={"unet": unet}, optimizer=optimizer,
+    history = train_loop(step_fn, config.unet_steps, modules=trained, optimizer=optimizer,
                          lr_scheduler=lr_scheduler, generator=generator,
                          checkpoint_dir=Path(out_dir) / "checkpoints/unet", checkpoint_every=config.checkpoint_every,
                          resume="latest", max_grad_norm=1.0, desc="3/3 UNet", ema=ema)
-    ema.copy_to(unet)
-    unet.eval()
+    ema.copy_to(together)
+    together.eval().requires_grad_(False)
     report = {"parameters": unet.num_parameters(), "steps": config.unet_steps, "batch_size": config.unet_batch_size,
-              "text_features": config.text_features,
+              "text_features": config.text_features, "train_text_encoder": config.train_text_encoder,
               "seconds": time.perf_counter() - start, "losses": history.losses,
               "steps_per_second": config.unet_steps / max(time.perf_counter() - start, 1e-9)}
     unet.save_pretrained(folder)
+    if config.train_text_encoder:
+        atomic_save_safetensors(folder / TUNED_TEXT_ENCODER, text_encoder.state_dict())
     atomic_write_json(folder / "report.json", report)
     return unet, report
 

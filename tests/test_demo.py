@@ -2,6 +2,7 @@
 
 Picture quality is not asserted here (a unit test cannot afford the training); `bench/demo.py` measures it.
 """
+import dataclasses
 import json
 
 import pytest
@@ -112,6 +113,51 @@ def test_interrupted_unet_stage_resumes_bit_for_bit(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "resumed/unet/report.json").read_text())
     assert len(report["losses"]) == config.unet_steps
 
+
+
+def test_text_encoder_trained_with_the_unet_is_saved_resumed_and_reloaded(tmp_path, monkeypatch):
+    """train_text_encoder: the UNet's loss moves the text encoder (CLIP's saved copy stays as it was); an
+    interrupted run resumes bit for bit, a finished one loads the tuned encoder back; a mismatch is refused."""
+    config = MiniSDConfig.fast(**FAST, train_text_encoder=True)
+
+    def stages(out):
+        vae, vae_report = train_vae(config, out)
+        clip, tokenizer, _ = train_clip(config, out)
+        unet, _ = train_unet(config, out, vae, clip.text_encoder, tokenizer, vae_report["scale_factor"])
+        return clip, unet
+
+    clip, unet = stages(tmp_path / "straight")
+    contrastive = load_file(str(tmp_path / "straight/clip/model.safetensors"))
+    tuned = load_file(str(tmp_path / "straight/unet" / minisd.TUNED_TEXT_ENCODER))
+    assert any(not torch.equal(v, contrastive[f"text_encoder.{k}"]) for k, v in tuned.items())
+    assert all(torch.equal(v, tuned[k]) for k, v in clip.text_encoder.state_dict().items())  # in place
+    assert not any(p.requires_grad for p in clip.text_encoder.parameters())
+
+    calls = {"n": 0}
+    real = minisd.min_snr_weights
+
+    def crash_at_step_6(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(minisd, "min_snr_weights", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        stages(tmp_path / "resumed")
+    monkeypatch.setattr(minisd, "min_snr_weights", real)
+    clip_again, unet_again = stages(tmp_path / "resumed")
+    assert all(torch.equal(v, unet_again.state_dict()[k]) for k, v in unet.state_dict().items())
+    assert all(torch.equal(v, clip_again.text_encoder.state_dict()[k]) for k, v in tuned.items())
+    clip_loaded, _ = stages(tmp_path / "resumed")  # finished: loaded, the tuned encoder put back in place
+    assert all(torch.equal(v, clip_loaded.text_encoder.state_dict()[k]) for k, v in tuned.items())
+    with pytest.raises(ValueError, match="train_text_encoder"):
+        frozen = dataclasses.replace(config, train_text_encoder=False)
+        vae, vae_report = train_vae(frozen, tmp_path / "resumed")
+        clip, tokenizer, _ = train_clip(frozen, tmp_path / "resumed")
+        train_unet(frozen, tmp_path / "resumed", vae, clip.text_encoder, tokenizer, vae_report["scale_factor"])
+    with pytest.raises(ValueError, match="train_text_encoder"):
+        MiniSDConfig.fast(train_text_encoder="yes")
 
 def test_finished_stage_is_loaded_not_retrained(tmp_path):
     config = MiniSDConfig.fast(**FAST)
