@@ -149,7 +149,7 @@ def main() -> None:
                 seconds, statuses = measure(course, assignment, jobs)
                 per_student = sorted(s.seconds for s in statuses)
                 rows.append((assignment, jobs, len(statuses), seconds, 60 * len(statuses) / seconds,
-                             per_student[len(per_student) // 2]))
+                             per_student[len(per_student) // 2], per_student[-1]))
                 print(f"{assignment}: jobs={jobs}: {len(statuses)} submissions in {seconds:.1f} s")
             isolation = statuses[0].isolation
     print(f"\nkernels: {isolation}")
@@ -157,14 +157,14 @@ def main() -> None:
           f"the same python without the sandbox {plain * 1000:.0f} ms (medians of 5)")
     print(f"machine: {os.cpu_count()} CPU cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"(at the end)\n")
-    total = sum(count for _, jobs, count, _, _, _ in rows if jobs == max(args.jobs))
-    seconds_all = sum(seconds for _, jobs, _, seconds, _, _ in rows if jobs == max(args.jobs))
+    total = sum(row[2] for row in rows if row[1] == max(args.jobs))
+    seconds_all = sum(row[3] for row in rows if row[1] == max(args.jobs))
     print(f"all courses, jobs={max(args.jobs)}: {total} submissions in {seconds_all:.1f} s = "
           f"{60 * total / seconds_all:.1f} per minute\n")
     print(f"{'assignment':<10} {'jobs':>4} {'submissions':>11} {'seconds':>8} {'per minute':>10} "
-          f"{'median s/submission':>20}")
-    for assignment, jobs, count, seconds, rate, median in rows:
-        print(f"{assignment:<10} {jobs:>4} {count:>11} {seconds:>8.1f} {rate:>10.1f} {median:>20.1f}")
+          f"{'median s/submission':>20} {'slowest':>8}")
+    for assignment, jobs, count, seconds, rate, median, slowest in rows:
+        print(f"{assignment:<10} {jobs:>4} {count:>11} {seconds:>8.1f} {rate:>10.1f} {median:>20.1f} {slowest:>8.1f}")
 
 
 if __name__ == "__main__":
