@@ -563,3 +563,34 @@ def test_refusal_says_what_to_install_or_enable(batch, monkeypatch):
     advice = sandbox._userns_advice()
     assert advice.startswith("enable ") and ("unprivileged_userns_clone" in advice or "max_user_namespaces" in advice
                                              or "apparmor_restrict_unprivileged_userns" in advice), advice
+
+
+def test_the_gradebook_lock_is_free_while_the_graders_checks_judge(tmp_path, monkeypatch):
+    """ApplyVerdicts (a3 samples 256 digits, a5 evaluates a LoRA) runs without the gradebook lock, so the other
+    workers keep grading; the lock is held again when nbgrader scores."""
+    import fcntl
+
+    from course_lib.grading._worker import GradebookLock, _unlocked_while_executing
+    from course_lib.grading.verdicts import ApplyVerdicts
+
+    course = Course(root=ROOT, workspace=tmp_path / "grading")
+    course.workspace.mkdir()
+
+    def lock_state():
+        with open(course.workspace / "gradebook.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "held"
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return "free"
+
+    seen = []
+    monkeypatch.setattr(ApplyVerdicts, "preprocess", lambda self, nb, resources: seen.append(lock_state()) or
+                        (nb, resources))
+    with GradebookLock(course) as lock:
+        assert lock_state() == "held"
+        with _unlocked_while_executing(lock, course, "toy", "someone"):
+            assert ApplyVerdicts.preprocess(None, "nb", {}) == ("nb", {})
+            assert lock_state() == "held"
+    assert seen == ["free"] and lock_state() == "free"

@@ -67,13 +67,16 @@ class GradebookLock:
 
 @contextlib.contextmanager
 def _unlocked_while_executing(lock: GradebookLock, course, assignment: str, student: str):
-    """Release the gradebook lock while nbgrader's Execute preprocessor runs the notebook; afterwards wait for the
-    sandbox to be gone and clean the working folder before nbgrader writes into it again."""
+    """Release the gradebook lock while nbgrader's Execute preprocessor runs the notebook (afterwards wait for the
+    sandbox to be gone and clean the working folder before nbgrader writes into it again), and while the
+    grader's checks judge what it computed (verdicts.ApplyVerdicts: seconds of sampling for some assignments,
+    none of it touches the gradebook)."""
     from nbgrader.preprocessors import Execute
 
     from course_lib.grading import sandbox
+    from course_lib.grading.verdicts import ApplyVerdicts
 
-    original = Execute.preprocess
+    original, original_verdicts = Execute.preprocess, ApplyVerdicts.preprocess
     removed = []
 
     def run_once(self, nb, resources, *args, **kwargs):
@@ -91,11 +94,19 @@ def _unlocked_while_executing(lock: GradebookLock, course, assignment: str, stud
         finally:
             lock.acquire()
 
+    def judge(self, nb, resources, *args, **kwargs):
+        lock.release()
+        try:
+            return original_verdicts(self, nb, resources, *args, **kwargs)
+        finally:
+            lock.acquire()
+
     Execute.preprocess = preprocess  # this process grades one submission, then exits
+    ApplyVerdicts.preprocess = judge
     try:
         yield removed
     finally:
-        Execute.preprocess = original
+        Execute.preprocess, ApplyVerdicts.preprocess = original, original_verdicts
 
 
 MAX_DEATHS = 3        # kernel deaths survived per notebook (each one re-runs the notebook without the fatal cell)
