@@ -32,6 +32,8 @@ VARIANTS = {
                       {"clip": {"causal": False}}, ("clip", "unet")),
     "train-text-encoder": ("the text encoder trained with the UNet's loss (SD keeps CLIP frozen)",
                            {"train_text_encoder": True}, ("unet",)),
+    "bidirectional-train-text-encoder": ("a bidirectional text encoder, trained with the UNet's loss too",
+                                         {"clip": {"causal": False}, "train_text_encoder": True}, ("clip", "unet")),
     "bidirectional-hidden-only": ("bidirectional text encoder, hidden states only",
                                   {"clip": {"causal": False}, "text_features": "last_hidden_state"},
                                   ("clip", "unet")),

@@ -55,30 +55,36 @@ MAX_SECONDS_PER_SUBMISSION = 90  # the contract says <= 30 s on an idle machine;
 
 def mutant_bundles(assignment: str) -> dict[str, list[dict]]:
     """The mutants of an assignment packed into students ("mutants-1", ...): one submission carries several
-    mutants when they replace different answer cells and expect different test cells to fail.
+    mutants when they replace different answer cells and each of them keeps a test that no other mutant of the
+    submission expects to fail (a9's capstone test catches every mutant; each also has a test of its own).
 
     Grading a submission costs a kernel (seconds of imports and judges), so the ~90 mutants of the course go in
-    ~30 submissions. What a bundle checks: its tests that fail are exactly the union of its mutants' expected
-    ones. What it cannot see: a mutant that leaks into a test which another mutant of the same bundle breaks
-    anyway (graded alone, each mutant would show it). A bundle that fails is easiest to read one mutant at a time:
-    COURSE_TEST_MUTANTS_ALONE=1 grades every mutant as a student of its own.
+    ~25 submissions. What a bundle checks: every mutant's expected tests fail, and no other test does. What it
+    cannot see: a mutant that leaks into a test which another mutant of the same bundle breaks anyway, and
+    whether a shared test (the capstone) would catch each mutant alone. A bundle that fails is easiest to read
+    one mutant at a time: COURSE_TEST_MUTANTS_ALONE=1 grades every mutant as a student of its own.
     """
     import os
 
     mutants = load_mutants(assignment)
     if os.environ.get("COURSE_TEST_MUTANTS_ALONE") == "1":
         return {"mutant-" + m["name"].replace("_", "-"): [m] for m in mutants}
-    bundles: list[dict] = []
+    def fits(bundle: list[dict], mutant: dict) -> bool:
+        """Different cells, and every mutant keeps a test that only it expects to fail (its own proof)."""
+        together = bundle + [mutant]
+        if set(mutant["replace"]) & {cell for m in bundle for cell in m["replace"]}:
+            return False
+        return all(set(m["expect_fail"]) - {t for other in together if other is not m for t in other["expect_fail"]}
+                   for m in together)
+
+    bundles: list[list[dict]] = []
     for mutant in mutants:
-        cells, tests = set(mutant["replace"]), set(mutant["expect_fail"])
-        free = [b for b in bundles if not (cells & b["cells"] or tests & b["tests"])]
-        if free:
-            free[0]["mutants"].append(mutant)
-            free[0]["cells"] |= cells
-            free[0]["tests"] |= tests
+        home = next((bundle for bundle in bundles if fits(bundle, mutant)), None)
+        if home is None:
+            bundles.append([mutant])
         else:
-            bundles.append({"mutants": [mutant], "cells": cells, "tests": tests})
-    return {f"mutants-{i + 1}": b["mutants"] for i, b in enumerate(bundles)}
+            home.append(mutant)
+    return {f"mutants-{i + 1}": bundle for i, bundle in enumerate(bundles)}
 
 
 # ------------------------------------------------------------------------------------------- the term
@@ -183,9 +189,11 @@ def test_mutant_bundles_cover_each_mutant_once_without_overlaps(assignment, monk
     names = [m["name"] for bundle in bundles.values() for m in bundle]
     assert sorted(names) == sorted(m["name"] for m in load_mutants(assignment))
     for student, bundle in bundles.items():
-        for key in ("replace", "expect_fail"):
-            items = [x for m in bundle for x in m[key]]
-            assert len(items) == len(set(items)), f"{student}: two mutants share a {key} entry: {items}"
+        cells = [cell for m in bundle for cell in m["replace"]]
+        assert len(cells) == len(set(cells)), f"{student}: two mutants replace the same cell: {cells}"
+        for m in bundle:
+            others = {t for other in bundle if other is not m for t in other["expect_fail"]}
+            assert set(m["expect_fail"]) - others, f"{student}: {m['name']} has no expected test of its own"
     monkeypatch.setenv("COURSE_TEST_MUTANTS_ALONE", "1")
     assert [b for b in mutant_bundles(assignment).values()] == [[m] for m in load_mutants(assignment)]
 
