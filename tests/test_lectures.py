@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _numerics import TEST_THREADS
 
 papermill = pytest.importorskip("papermill")
 
@@ -25,7 +26,11 @@ def test_lecture_runs_in_fast_mode(notebook, tmp_path):
     work = tmp_path / "lectures"
     shutil.copytree(notebook.parent, work, ignore=shutil.ignore_patterns("*.ipynb_checkpoints", "outputs"))
     out = tmp_path / f"{notebook.stem}.out.ipynb"
-    env = {"MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # The kernel gets as many torch threads as the test process (one per xdist worker): with two workers busy, a
+    # kernel left at the default of one thread per core spins on a shared core (lecture 13: 20 s alone, 140 s).
+    threads = str(TEST_THREADS)
+    env = {"MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
