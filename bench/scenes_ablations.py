@@ -34,6 +34,11 @@ VARIANTS = {
                            {"train_text_encoder": True}, ("unet",)),
     "bidirectional-train-text-encoder": ("a bidirectional text encoder, trained with the UNet's loss too",
                                          {"clip": {"causal": False}, "train_text_encoder": True}, ("clip", "unet")),
+    "coordinates": ("two coordinate channels (x, y) appended to the UNet's input (CoordConv)",
+                    {"unet": {"coordinate_channels": True}}, ("unet",)),
+    "train-text-encoder-coordinates": ("the text encoder trained with the UNet, and coordinate channels",
+                                       {"train_text_encoder": True, "unet": {"coordinate_channels": True}},
+                                       ("unet",)),
     "bidirectional-hidden-only": ("bidirectional text encoder, hidden states only",
                                   {"clip": {"causal": False}, "text_features": "last_hidden_state"},
                                   ("clip", "unet")),
@@ -72,8 +77,9 @@ def main() -> int:
     for name in args.only if args.only is not None else list(VARIANTS):
         what, overrides, retrained = VARIANTS[name]
         overrides = dict(overrides)
-        if "clip" in overrides:
-            overrides["clip"] = dataclasses.replace(recipe.clip, **overrides["clip"])
+        for part in ("clip", "unet"):
+            if part in overrides:
+                overrides[part] = dataclasses.replace(getattr(recipe, part), **overrides[part])
         if args.unet_steps is not None:
             overrides["unet_steps"] = args.unet_steps
         config = dataclasses.replace(recipe, **overrides)

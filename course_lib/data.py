@@ -392,7 +392,6 @@ def load_digits(image_size: int = 16, split: str = "train", test_fraction: float
     random permutation: the first round(N * test_fraction) indices are "test", the rest "train"; each split
     keeps scikit-learn's order. "all" returns every image.
     """
-
     check_int("image_size", image_size, minimum=4, maximum=256)
     check_choice("split", split, ("train", "test", "all"))
     check_float("test_fraction", test_fraction, minimum=0.0, maximum=1.0, min_inclusive=False, max_inclusive=False)

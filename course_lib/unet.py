@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib._checks import check_float, check_int, check_shape_dim, check_tensor
+from course_lib._checks import check_bool, check_float, check_int, check_shape_dim, check_tensor
 from course_lib._config import JSONConfig
 from course_lib._io import load_pretrained, save_pretrained
 from course_lib.attention import MultiHeadAttention
@@ -66,6 +66,8 @@ class UNetConfig(JSONConfig):
     dropout: applied in every ResBlock before its second conv, as in Stable Diffusion.
     norm_groups, norm_eps: GroupNorm settings; every level's channels must be divisible by norm_groups.
     ff_mult: the GEGLU feed-forward's hidden width is ff_mult * channels (4 in Stable Diffusion and diffusers).
+    coordinate_channels: append two constant channels, x and y in [-1, 1], to the input (CoordConv, Liu et al.
+        2018): every pixel then knows where it is. Stable Diffusion's UNet has no such input (False).
     """
 
     in_channels: int = 4
@@ -80,6 +82,7 @@ class UNetConfig(JSONConfig):
     norm_groups: int = 32
     norm_eps: float = 1e-5
     ff_mult: int = 4
+    coordinate_channels: bool = False
 
     def __post_init__(self):
         check_int("in_channels", self.in_channels, minimum=1)
@@ -93,6 +96,7 @@ class UNetConfig(JSONConfig):
         check_int("context_dim", self.context_dim, minimum=1)
         check_int("norm_groups", self.norm_groups, minimum=1)
         check_int("ff_mult", self.ff_mult, minimum=1)
+        check_bool("coordinate_channels", self.coordinate_channels)
         check_float("dropout", self.dropout, minimum=0.0, maximum=1.0, max_inclusive=False)
         check_float("norm_eps", self.norm_eps, minimum=0.0, min_inclusive=False)
         for channels in self.block_channels:
@@ -118,6 +122,8 @@ class UNetConfig(JSONConfig):
         (used by the equivalence test and the benchmark)."""
         if self.ff_mult != 4:
             raise ValueError(f"ff_mult must be 4 to match diffusers' FeedForward, got {self.ff_mult}")
+        if self.coordinate_channels:
+            raise ValueError("coordinate_channels must be False to match diffusers' UNet2DConditionModel")
         n = self.num_levels
         down = tuple("CrossAttnDownBlock2D" if i in self.attention_levels else "DownBlock2D" for i in range(n))
         up = tuple("CrossAttnUpBlock2D" if i in self.attention_levels else "UpBlock2D" for i in reversed(range(n)))
@@ -312,6 +318,14 @@ class MidBlock(nn.Module):
 # The UNet
 # ---------------------------------------------------------------------------------------------------------
 
+def _coordinates(sample: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 2, H, W): the x (left -1 .. right 1) and y (top -1 .. bottom 1) of every pixel."""
+    batch, _, height, width = sample.shape
+    y = torch.linspace(-1, 1, height, dtype=sample.dtype, device=sample.device)
+    x = torch.linspace(-1, 1, width, dtype=sample.dtype, device=sample.device)
+    grid = torch.stack([x.expand(height, width), y[:, None].expand(height, width)])  # (2, H, W)
+    return grid.expand(batch, 2, height, width)
+
 class UNet(nn.Module):
     """eps_theta(z_t, t, c): a text-conditioned UNet over latents, configured by a ``UNetConfig``."""
 
@@ -321,7 +335,8 @@ class UNet(nn.Module):
             raise ValueError(f"config must be a UNetConfig, got {type(config).__name__}")
         self.config = config
         chans, n, temb_dim = config.block_channels, config.layers_per_block, config.time_embed_dim
-        self.conv_in = nn.Conv2d(config.in_channels, chans[0], 3, padding=1)
+        extra = 2 if config.coordinate_channels else 0
+        self.conv_in = nn.Conv2d(config.in_channels + extra, chans[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(chans[0], temb_dim)
 
         skip_channels = [chans[0]]  # channels of every tensor the down path hands to the up path
@@ -374,6 +389,8 @@ class UNet(nn.Module):
         context, mask = encoder_hidden_states, encoder_attention_mask
         temb_act = F.silu(self.time_embedding(t, sample.dtype))  # SiLU(temb), shared by every ResBlock
 
+        if self.config.coordinate_channels:
+            sample = torch.cat([sample, _coordinates(sample)], dim=1)  # (B, in_channels + 2, H, W)
         x = self.conv_in(sample.contiguous(memory_format=torch.channels_last))  # (B, C0, H, W), channels-last
         skips = [x]
         for level in self.down_blocks:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib._checks import check_float, check_int, check_same_shape, check_shape_dim, check_tensor
+from course_lib._checks import check_bool, check_float, check_int, check_same_shape, check_shape_dim, check_tensor
 from course_lib._config import JSONConfig
 from course_lib._io import load_pretrained, save_pretrained
 
@@ -80,8 +80,7 @@ class VAEConfig(JSONConfig):
             if ch % self.norm_groups != 0:
                 raise ValueError(f"norm_groups must divide every entry of block_channels "
                                  f"{self.block_channels}, got norm_groups={self.norm_groups}")
-        if not isinstance(self.mid_attention, bool):
-            raise ValueError(f"mid_attention must be a bool, got {self.mid_attention!r}")
+        check_bool("mid_attention", self.mid_attention)
 
     @property
     def downsample_factor(self) -> int:

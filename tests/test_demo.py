@@ -2,6 +2,7 @@
 
 Picture quality is not asserted here (a unit test cannot afford the training); `bench/demo.py` measures it.
 """
+import contextlib
 import dataclasses
 import json
 
@@ -89,23 +90,31 @@ def _stages(config, out):
     return unet
 
 
-def test_interrupted_unet_stage_resumes_bit_for_bit(tmp_path, monkeypatch):
-    config = MiniSDConfig.fast(**FAST)
-    straight = _stages(config, tmp_path / "straight")
-
+@contextlib.contextmanager
+def _interrupted_at_unet_step(step: int):
+    """Ctrl-C in the middle of the UNet stage: min_snr_weights runs once per step, the call of ``step`` raises."""
     calls = {"n": 0}
     real = minisd.min_snr_weights
 
-    def crash_at_step_10(*args, **kwargs):  # called once per UNet step: die in the middle of the run
+    def crash(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 11:
+        if calls["n"] == step + 1:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(minisd, "min_snr_weights", crash_at_step_10)
-    with pytest.raises(KeyboardInterrupt):
+    minisd.min_snr_weights = crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        minisd.min_snr_weights = real
+
+
+def test_interrupted_unet_stage_resumes_bit_for_bit(tmp_path):
+    config = MiniSDConfig.fast(**FAST)
+    straight = _stages(config, tmp_path / "straight")
+    with _interrupted_at_unet_step(10):
         _stages(config, tmp_path / "resumed")
-    monkeypatch.setattr(minisd, "min_snr_weights", real)
     assert not (tmp_path / "resumed/unet/report.json").exists()
     resumed = _stages(config, tmp_path / "resumed")  # VAE and CLIP are skipped, the UNet resumes at step 8
     for key, value in straight.state_dict().items():
@@ -114,8 +123,7 @@ def test_interrupted_unet_stage_resumes_bit_for_bit(tmp_path, monkeypatch):
     assert len(report["losses"]) == config.unet_steps
 
 
-
-def test_text_encoder_trained_with_the_unet_is_saved_resumed_and_reloaded(tmp_path, monkeypatch):
+def test_text_encoder_trained_with_the_unet_is_saved_resumed_and_reloaded(tmp_path):
     """train_text_encoder: the UNet's loss moves the text encoder (CLIP's saved copy stays as it was); an
     interrupted run resumes bit for bit, a finished one loads the tuned encoder back; a mismatch is refused."""
     config = MiniSDConfig.fast(**FAST, train_text_encoder=True)
@@ -133,19 +141,8 @@ def test_text_encoder_trained_with_the_unet_is_saved_resumed_and_reloaded(tmp_pa
     assert all(torch.equal(v, tuned[k]) for k, v in clip.text_encoder.state_dict().items())  # in place
     assert not any(p.requires_grad for p in clip.text_encoder.parameters())
 
-    calls = {"n": 0}
-    real = minisd.min_snr_weights
-
-    def crash_at_step_6(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(minisd, "min_snr_weights", crash_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
+    with _interrupted_at_unet_step(6):
         stages(tmp_path / "resumed")
-    monkeypatch.setattr(minisd, "min_snr_weights", real)
     clip_again, unet_again = stages(tmp_path / "resumed")
     assert all(torch.equal(v, unet_again.state_dict()[k]) for k, v in unet.state_dict().items())
     assert all(torch.equal(v, clip_again.text_encoder.state_dict()[k]) for k, v in tuned.items())

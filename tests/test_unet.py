@@ -53,6 +53,34 @@ def test_output_shape(overrides, size):
     assert out.shape == (2, config.out_channels, size, size)
 
 
+def test_coordinate_channels_tell_the_network_where_each_pixel_is():
+    """CoordConv: conv_in sees x and y as two extra input channels; everything else is SD's UNet."""
+    from course_lib.unet import _coordinates
+    config = _config(coordinate_channels=True)
+    model = _model(config)
+    assert model.conv_in.in_channels == config.in_channels + 2
+    grid = _coordinates(torch.zeros(3, 4, 4, 6))
+    assert grid.shape == (3, 2, 4, 6)
+    assert grid[0, :, 0, 0].tolist() == [-1, -1] and grid[2, :, -1, -1].tolist() == [1, 1]  # top-left, bottom-right
+    assert grid[1, 0, 2].tolist() == pytest.approx([-1, -0.6, -0.2, 0.2, 0.6, 1]) and grid[1, 1, :, 4].tolist() == (
+        pytest.approx([-1, -1 / 3, 1 / 3, 1]))
+    # A flipped input gives the flipped output without them, not with them. One level (a stride-2 conv on an
+    # even size is not flip-symmetric) and left-right symmetric kernels: then only the coordinates break it.
+    one_level = dict(block_channels=(16,), attention_levels=())
+    sample, t, context = _inputs(config)
+    with torch.no_grad():
+        for coordinates in (False, True):
+            net = _model(_config(**one_level, coordinate_channels=coordinates))
+            for module in net.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    module.weight.copy_((module.weight + module.weight.flip(-1)) / 2)
+            flipped = net(sample.flip(-1), t, context).flip(-1)
+            assert torch.allclose(flipped, net(sample, t, context), atol=1e-5) is not coordinates
+    out = model(sample, t, context)
+    out.square().mean().backward()
+    assert model.conv_in.weight.grad[:, -2:].abs().sum() > 0  # the coordinate channels' weights learn
+
+
 def test_non_square_input_and_batch_of_one():
     config = _config()
     sample = torch.randn(1, 4, 4, 10)
@@ -183,7 +211,8 @@ def test_record_cross_attention():
 # --- config and files ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", [UNetConfig(), UNetConfig.tiny(), UNetConfig.small(),
-                                    _config(block_channels=[16, 32, 48], attention_levels=[2, 0], dropout=0.1)])
+                                    _config(block_channels=[16, 32, 48], attention_levels=[2, 0], dropout=0.1),
+                                    _config(coordinate_channels=True)])
 def test_config_json_round_trip(config):
     restored = UNetConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
@@ -244,6 +273,8 @@ _x, _t, _c = _inputs(_cfg)
     (lambda: UNetConfig(norm_eps=0.0), "norm_eps"),
     (lambda: UNetConfig.from_dict({"widths": [1]}), "d"),
     (lambda: UNetConfig(ff_mult=2).to_diffusers_kwargs(), "ff_mult"),
+    (lambda: UNetConfig(coordinate_channels=1), "coordinate_channels"),
+    (lambda: UNetConfig(coordinate_channels=True).to_diffusers_kwargs(), "coordinate_channels"),
     (lambda: UNet({"in_channels": 4}), "config"),
     (lambda: _net(_x[:, :3], _t, _c), "sample"),
     (lambda: _net(_x[0], _t, _c), "sample"),

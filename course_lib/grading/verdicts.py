@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import functools
 import hashlib
 import importlib.util
 import json
@@ -76,7 +77,7 @@ from traitlets import Unicode
 
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-__all__ = ["Check", "Trial", "load_checks", "compare", "cached_folder", "InjectProbes", "ApplyVerdicts", "CHECKS_FILE"]
+__all__ = ["Check", "Trial", "load_checks", "compare", "cached_folder", "tiny_sd_folder", "InjectProbes", "ApplyVerdicts", "CHECKS_FILE"]
 
 CHECKS_FILE = "checks.py"
 META = "course_grading"          # same key as sanitize.META: metadata the kernel never sees
@@ -184,6 +185,18 @@ def cached_folder(name: str, build: Callable[[Path], None]) -> Path:
         pass
     shutil.rmtree(staging, ignore_errors=True)
     return folder if _owned_and_private(folder) else _build_private(name, build)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_sd_folder(seed: int = 0) -> Path:
+    """The course's tiny SD (course_lib.sd.build_tiny_sd) as a diffusers folder in the grader's cache, built once
+    per machine: a5's and a9's checks load it instead of importing course_lib.sd and diffusers to build it again
+    for every submission."""
+    def build(folder):
+        from course_lib.sd.tiny import build_tiny_sd
+        build_tiny_sd(folder, seed=seed)
+
+    return cached_folder(f"tiny-sd-seed{seed}", build)
 
 
 def _build_private(name: str, build: Callable[[Path], None]) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib.grading.verdicts import Check, cached_folder
+from course_lib.grading.verdicts import Check, tiny_sd_folder
 
 ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_PATH = "a5_lora_weights.safetensors"
@@ -410,16 +410,6 @@ def _purple_rings(n, seed=0, size=64):
     return coverage.unsqueeze(1) * purple * 2 - 1
 
 
-def _tiny_sd() -> Path:
-    """The notebook's tiny SD (build_tiny_sd, seed 0), built once per machine in the grader's cache (which the
-    kernels cannot see); a9's checks use the same folder."""
-    def build(folder):
-        from course_lib.sd import build_tiny_sd
-        build_tiny_sd(folder, seed=0)
-
-    return cached_folder("tiny-sd-seed0", build)
-
-
 def _trained_lora_judge(trial):
     """The submitted file, loaded here by diffusers into the tiny SD, on the notebook's fixed evaluation set."""
     import contextlib
@@ -448,7 +438,7 @@ def _trained_lora_judge(trial):
             return "the file's metadata needs lora_adapter_metadata"
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
-    tiny = _tiny_sd()
+    tiny = tiny_sd_folder()
     components = load_sd_components(tiny)
     scheduler = DDPMScheduler.from_config(components.scheduler.config)
     g = torch.Generator().manual_seed(1)

@@ -6,30 +6,18 @@ Weights and images: a tiny SD with secret random weights, written by the probe i
 image comes from course_lib.models.convert.generate on the same weights (equal to StableDiffusionPipeline's
 within ~1e-6, tests/test_convert.py). Converted weights must be exact; images within 1e-4, the capstone's contract.
 """
-import functools
 import json
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from course_lib.grading.verdicts import Check, cached_folder
+from course_lib.grading.verdicts import Check, tiny_sd_folder
 from course_lib.models import convert
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 PROMPTS = ["a red circle on a blue background", "a small green star at the top", "a big orange ring", "",
            "a photo of a purple triangle in the center"]
-
-
-@functools.lru_cache(maxsize=1)
-def _tiny() -> Path:
-    """The grader's own tiny SD (configs, tokenizer, scheduler), written once per machine in the grader's cache:
-    building it imports course_lib.sd and diffusers, seconds that every submission would pay again."""
-    def build(folder):
-        from course_lib.sd.tiny import build_tiny_sd
-        build_tiny_sd(folder, seed=0)
-
-    return cached_folder("tiny-sd-seed0", build)  # a5's checks use the same folder
 
 
 def sd15_config(component: str) -> dict:
@@ -38,8 +26,9 @@ def sd15_config(component: str) -> dict:
 
 
 def _configs() -> dict:
-    configs = {c: json.loads((_tiny() / c / "config.json").read_text()) for c in COMPONENTS}
-    return {**configs, "scheduler": json.loads((_tiny() / "scheduler" / "scheduler_config.json").read_text())}
+    tiny = tiny_sd_folder()
+    configs = {c: json.loads((tiny / c / "config.json").read_text()) for c in COMPONENTS}
+    return {**configs, "scheduler": json.loads((tiny / "scheduler" / "scheduler_config.json").read_text())}
 
 
 # ------------------------------------------------------------------------------------------- names
@@ -156,7 +145,7 @@ outputs["image"] = generate(*_course_modules(), TOKENIZER, new_scheduler(), *_ar
 
 
 def _reference_image(x, states=None):
-    modules = convert.load_sd_checkpoint(_tiny())
+    modules = convert.load_sd_checkpoint(tiny_sd_folder())
     if states is not None:
         for c in COMPONENTS:
             getattr(modules, c).load_state_dict(states[c], strict=True)
