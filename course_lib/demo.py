@@ -60,15 +60,21 @@ def generate_for_prompts(pipe: MiniSDPipeline, prompts: list[str], seeds: list[i
 
 @torch.no_grad()
 def generate_images(pipe: MiniSDPipeline, jobs: list[tuple[str, int]], num_inference_steps: int,
-                    guidance_scale: float, batch_size: int = 64) -> torch.Tensor:
-    """One image per (prompt, seed) job, in order: (len(jobs), 3, H, W); the seed fixes the start noise."""
+                    guidance_scale: float, batch_size: int = 64, layouts: list | None = None,
+                    layout_guidance_scale: float = 1.0, layout_guidance_steps: int = 10) -> torch.Tensor:
+    """One image per (prompt, seed) job, in order: (len(jobs), 3, H, W); the seed fixes the start noise.
+    ``layouts``: one RelationLayout or None per job, for layout guidance (``MiniSDPipeline.denoise``)."""
+    if layouts is not None and len(layouts) != len(jobs):
+        raise ValueError(f"layouts must have one entry per job ({len(jobs)}), got {len(layouts)}")
     images = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         latents = torch.stack([torch.randn(pipe.latent_shape(1)[1:], generator=torch.Generator().manual_seed(s))
                                for _, s in chunk])
         out = pipe([p for p, _ in chunk], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   latents=latents, generator=torch.Generator().manual_seed(start), progress=False)
+                   latents=latents, generator=torch.Generator().manual_seed(start), progress=False,
+                   layouts=None if layouts is None else layouts[start:start + batch_size],
+                   layout_guidance_scale=layout_guidance_scale, layout_guidance_steps=layout_guidance_steps)
         images.append(out.images)
     return torch.cat(images)
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from course_lib._checks import check_choice, check_float, check_int, check_tensor
 from course_lib._io import atomic_write_json, load_pretrained, save_pretrained
 from course_lib.guidance import cfg_combine
+from course_lib.layout_guidance import steer_latents
 from course_lib.schedulers import DDIMScheduler, DDPMScheduler
 from course_lib.text import CaptionTokenizer, CLIPConfig, TextEncoder
 from course_lib.unet import UNet
@@ -149,19 +150,29 @@ class MiniSDPipeline:
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, timesteps, prompts, guidance_scale: float = 4.0,
                 generator: torch.Generator | None = None, eta: float = 0.0, known_latents=None, known_mask=None,
-                return_trajectory: bool = False, progress: bool = True) -> PipelineOutput:
+                return_trajectory: bool = False, progress: bool = True, layouts=None,
+                layout_guidance_scale: float = 1.0, layout_guidance_steps: int = 10) -> PipelineOutput:
         """The sampling loop (Ho et al. 2020, Alg. 2, with classifier-free guidance), from ``latents`` at
-        ``timesteps[0]`` down to z_0. ``known_latents``/``known_mask`` (1 = generate, 0 = keep): inpainting."""
+        ``timesteps[0]`` down to z_0. ``known_latents``/``known_mask`` (1 = generate, 0 = keep): inpainting.
+        ``layouts`` (one ``RelationLayout`` or None per image): layout guidance during the first
+        ``layout_guidance_steps`` steps, each a step of length ``layout_guidance_scale`` (course_lib.layout_guidance)."""
         check_float("guidance_scale", guidance_scale, minimum=0.0)
+        check_float("layout_guidance_scale", layout_guidance_scale, minimum=0.0)
+        check_int("layout_guidance_steps", layout_guidance_steps, minimum=0)
         cond, cond_mask = self.encode_prompt(prompts)
         if cond.shape[0] != latents.shape[0]:
             raise ValueError(f"prompts must give one prompt per image ({latents.shape[0]}), got {cond.shape[0]}")
+        if layouts is not None and len(layouts) != latents.shape[0]:
+            raise ValueError(f"layouts must have one entry (a RelationLayout or None) per image "
+                             f"({latents.shape[0]}), got {len(layouts)}")
         uncond, uncond_mask = self.encode_prompt([""] * cond.shape[0])
         context, context_mask = torch.cat([uncond, cond]), torch.cat([uncond_mask, cond_mask])
         step_kwargs = {"eta": eta} if isinstance(self.scheduler, DDIMScheduler) else {}
         out = PipelineOutput(images=latents, latents=latents)
         timesteps = [int(t) for t in timesteps]
         for i, t in enumerate(tqdm(timesteps, desc="sampling", leave=False, disable=not progress)):
+            if layouts is not None and i < layout_guidance_steps:  # move z_t towards the layout first
+                latents = steer_latents(self.unet, latents, t, cond, cond_mask, layouts, layout_guidance_scale)
             eps_uncond, eps_cond = self.unet(torch.cat([latents, latents]), t, context, context_mask).chunk(2)
             eps = cfg_combine(eps_uncond, eps_cond, guidance_scale)
             step = self.scheduler.step(eps, t, latents, generator=generator, **step_kwargs)
@@ -183,8 +194,10 @@ class MiniSDPipeline:
     def __call__(self, prompts, num_inference_steps: int = 25, guidance_scale: float = 4.0,
                  generator: torch.Generator | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
                  image_size: int | None = None, return_trajectory: bool = False,
-                 progress: bool = True) -> PipelineOutput:
-        """txt2img: one image per prompt, from z_T ~ N(0, I) (or the given ``latents``)."""
+                 progress: bool = True, layouts=None, layout_guidance_scale: float = 1.0,
+                 layout_guidance_steps: int = 10) -> PipelineOutput:
+        """txt2img: one image per prompt, from z_T ~ N(0, I) (or the given ``latents``); ``layouts``: see
+        ``denoise``."""
         prompts = _prompt_list(prompts)
         check_int("num_inference_steps", num_inference_steps, minimum=1)
         shape = self.latent_shape(len(prompts), image_size)
@@ -197,7 +210,8 @@ class MiniSDPipeline:
         self.scheduler.set_timesteps(num_inference_steps)
         latents = latents * self.scheduler.init_noise_sigma
         return self.denoise(latents, self.scheduler.timesteps, prompts, guidance_scale, generator, eta,
-                            return_trajectory=return_trajectory, progress=progress)
+                            return_trajectory=return_trajectory, progress=progress, layouts=layouts,
+                            layout_guidance_scale=layout_guidance_scale, layout_guidance_steps=layout_guidance_steps)
 
     def img2img(self, images: torch.Tensor, prompts, strength: float = 0.6, num_inference_steps: int = 25,
                 guidance_scale: float = 4.0, generator: torch.Generator | None = None, eta: float = 0.0,

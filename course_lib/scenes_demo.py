@@ -25,15 +25,17 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from course_lib._checks import check_float
 from course_lib._io import atomic_write_json
+from course_lib.layout_guidance import RelationLayout
 from course_lib.metrics import ShapeEvaluator
 from course_lib.minisd import MiniSDConfig, _train_data, build_pipeline, train_clip, train_unet, train_vae
 from course_lib.pipeline import MiniSDPipeline
-from course_lib.scenes import HELD_OUT_PAIRINGS, scene_caption, scenes_batch
+from course_lib.scenes import HELD_OUT_PAIRINGS, parse_scene_caption, scene_caption, scenes_batch
 from course_lib.scenes_eval import scene_fid_like, scene_kid, scene_scores, train_scene_evaluator
 from course_lib.viz import plot_losses, save_image_grid
 
-__all__ = ["get_scene_judge", "evaluate_scenes", "vae_reconstruction", "run_scenes_demo", "scenes_summary"]
+__all__ = ["get_scene_judge", "relation_layouts", "sampling_kwargs", "evaluate_scenes", "vae_reconstruction", "run_scenes_demo", "scenes_summary"]
 
 
 def get_scene_judge(out_dir: Path, fast: bool, seed: int = 0) -> tuple[ShapeEvaluator, dict]:
@@ -60,23 +62,70 @@ def vae_reconstruction(vae, classifier: ShapeEvaluator, config: MiniSDConfig, n:
             {k: scores[k] for k in ("binding", "relation", "count")}, "num_images": n}
 
 
+def relation_layouts(pipe: MiniSDPipeline, captions: list[str]) -> list[RelationLayout | None]:
+    """A RelationLayout for every relation caption ("a C1 S1 <relation> a C2 S2"), None for the other kinds.
+
+    The tokenizer is word-level with <bos> first, so word i of the caption is context position i + 1; the
+    first object's words are its colour and shape (words 1, 2), the second's the last two words. With
+    ``text_features="last_hidden_state+token_embeddings"`` each word also sits at position + L."""
+    L = pipe.text_encoder.config.max_length
+    doubled = pipe.text_features == "last_hidden_state+token_embeddings"
+    layouts = []
+    for caption in captions:
+        spec = parse_scene_caption(caption)
+        if spec["relation"] is None:
+            layouts.append(None)
+            continue
+        n = len(caption.split())
+        first, second = (2, 3), (n - 1, n)  # token positions of (colour, shape) of each object
+        ids = pipe.tokenizer.encode(caption)
+        for position, word in zip(first + second, (*spec["objects"][0], *spec["objects"][1])):
+            assert pipe.tokenizer.vocab[ids[position]] == word, (caption, position, word)  # the grammar's layout
+        if doubled:
+            first, second = first + tuple(p + L for p in first), second + tuple(p + L for p in second)
+        layouts.append(RelationLayout(first, second, spec["relation"]))
+    return layouts
+
+
+def sampling_kwargs(pipe: MiniSDPipeline, config: MiniSDConfig, captions: list[str],
+                    layout_guidance_scale: float | None = None) -> dict:
+    """generate_images' sampling settings for these captions: DDIM steps, guidance, and layout guidance when
+    ``layout_guidance_scale`` (default: the config's) is > 0."""
+    scale = config.layout_guidance_scale if layout_guidance_scale is None else layout_guidance_scale
+    check_float("layout_guidance_scale", scale, minimum=0.0)
+    kwargs = dict(num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
+    if scale > 0:
+        kwargs.update(layouts=relation_layouts(pipe, captions), layout_guidance_scale=scale,
+                      layout_guidance_steps=config.layout_guidance_steps)
+    return kwargs
+
+
 def evaluate_scenes(pipe: MiniSDPipeline, classifier: ShapeEvaluator, config: MiniSDConfig, num_images: int = 500,
                     num_held_out: int = 200, num_inference_steps: int | None = None,
-                    guidance_scale: float | None = None) -> tuple[dict, dict]:
+                    guidance_scale: float | None = None,
+                    layout_guidance_scale: float | None = None) -> tuple[dict, dict]:
     """Binding, relation and count on seen and held-out prompts; KID and FID-like against real scenes.
+    ``None`` settings are the config's.
 
     Returns (report, pictures: dict(seen=(images, captions), held_out=(images, captions))).
     """
     from course_lib.demo import generate_images
     steps = num_inference_steps or config.num_inference_steps
     scale = config.guidance_scale if guidance_scale is None else guidance_scale
+    layout_scale = config.layout_guidance_scale if layout_guidance_scale is None else layout_guidance_scale
     seen = _real(config, num_images, 20_000)
     held = {split: _real(config, num_held_out // 2, 21_000 + i, split)
             for i, split in enumerate(("held_out_pairs", "held_out_pairings"))}
+
+    def generate(captions, first_seed):
+        kwargs = {**sampling_kwargs(pipe, config, captions, layout_scale), "num_inference_steps": steps,
+                  "guidance_scale": scale}
+        return generate_images(pipe, [(c, first_seed + i) for i, c in enumerate(captions)], **kwargs)
+
     start = time.perf_counter()
-    generated = {"seen": generate_images(pipe, [(c, 1000 + i) for i, c in enumerate(seen["caption"])], steps, scale)}
+    generated = {"seen": generate(seen["caption"], 1000)}
     for split, real in held.items():
-        generated[split] = generate_images(pipe, [(c, 5000 + i) for i, c in enumerate(real["caption"])], steps, scale)
+        generated[split] = generate(real["caption"], 5000)
     seconds = time.perf_counter() - start
     held_images = torch.cat([generated[s] for s in held])
     held_captions = [c for s in held for c in held[s]["caption"]]
@@ -98,6 +147,7 @@ def evaluate_scenes(pipe: MiniSDPipeline, classifier: ShapeEvaluator, config: Mi
         "fid_like": {"generated_vs_real": scene_fid_like(classifier, generated["seen"], reference),
                      "real_vs_real": scene_fid_like(classifier, seen["image"], reference)},
         "scores": scores, "num_inference_steps": steps, "guidance_scale": scale, "sampling_seconds": seconds,
+        "layout_guidance": {"scale": layout_scale, "steps": config.layout_guidance_steps if layout_scale else 0},
     }
     return report, {"seen": (generated["seen"], seen["caption"]), "held_out": (held_images, held_captions)}
 
@@ -113,22 +163,30 @@ FIGURE_PROMPTS = [  # (caption, held out?) rows of samples.png
 ]
 
 
+def _layout_note(config: MiniSDConfig) -> str:
+    if not config.layout_guidance_scale:
+        return ""
+    return f", layout guidance {config.layout_guidance_scale:g} (first {config.layout_guidance_steps} steps)"
+
+
 def _figures(pipe: MiniSDPipeline, config: MiniSDConfig, out_dir: Path, losses: dict, seeds: int = 6) -> None:
     from course_lib.demo import generate_images
-    kw = dict(num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
     columns = [f"seed {s}" for s in range(seeds)]
     rows = [c for c, _ in FIGURE_PROMPTS]
-    images = generate_images(pipe, [(c, s) for c in rows for s in range(seeds)], **kw)
+    jobs = [(c, s) for c in rows for s in range(seeds)]
+    images = generate_images(pipe, jobs, **sampling_kwargs(pipe, config, [c for c, _ in jobs]))
     save_image_grid(images, out_dir / "samples.png", nrow=seeds, col_labels=columns,
                     row_labels=[c + ("  (held out)" if held else "") for c, held in FIGURE_PROMPTS],
-                    title=f"DDIM {config.num_inference_steps} steps, guidance {config.guidance_scale}")
+                    title=f"DDIM {config.num_inference_steps} steps, guidance {config.guidance_scale}"
+                          + _layout_note(config))
     pairs = [(("red", "circle"), ("blue", "square")), tuple(HELD_OUT_PAIRINGS[0])]
     rows = [scene_caption("relation", a, b, r) for a, b in pairs for r in ("left of", "right of", "above", "below")]
-    images = generate_images(pipe, [(c, s) for c in rows for s in range(seeds)], **kw)
+    jobs = [(c, s) for c in rows for s in range(seeds)]
+    images = generate_images(pipe, jobs, **sampling_kwargs(pipe, config, [c for c, _ in jobs]))
     held = {scene_caption("relation", *HELD_OUT_PAIRINGS[0], r) for r in ("left of", "right of", "above", "below")}
     save_image_grid(images, out_dir / "relations.png", nrow=seeds, col_labels=columns,
                     row_labels=[c + ("  (held-out pairing)" if c in held else "") for c in rows],
-                    title="relations: seen pairing, then its colour swap (never seen together)")
+                    title="relations: seen pairing, then its colour swap (never seen together)" + _layout_note(config))
     fig = Figure(figsize=(4.5 * len(losses), 3.5))
     for ax, (name, history) in zip(fig.subplots(1, len(losses)), losses.items()):
         plot_losses(history, ax=ax, title=name)
@@ -183,6 +241,11 @@ def run_scenes_demo(config: MiniSDConfig, out_dir: str | Path = "outputs/demo", 
     return report
 
 
+def _layout_summary(report: dict) -> str:
+    layout = report.get("evaluation", {}).get("layout_guidance") or {}
+    return f"  (layout guidance {layout['scale']:g}, {layout['steps']} steps)" if layout.get("scale") else ""
+
+
 def scenes_summary(report: dict, out_dir: Path) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     judge = report["evaluator"]["held_out_pairings"]
@@ -198,7 +261,8 @@ def scenes_summary(report: dict, out_dir: Path) -> str:
         f"binding {fmt(recon['judge_on_reconstructions']['binding'])}",
         f"  binding         seen {fmt(report['binding']['seen'])}  held-out {fmt(report['binding']['held_out'])}"
         f"  (pairs {fmt(report['binding']['held_out_pairs'])}, pairings {fmt(report['binding']['held_out_pairings'])})",
-        f"  relation        seen {fmt(report['relation']['seen'])}  held-out {fmt(report['relation']['held_out'])}",
+        f"  relation        seen {fmt(report['relation']['seen'])}  held-out {fmt(report['relation']['held_out'])}"
+        + _layout_summary(report),
         f"  count           seen {fmt(report['count']['seen'])}  held-out {fmt(report['count']['held_out'])}",
         f"  KID             {kid['generated_vs_real']:.4f} +- {kid['standard_error']:.4f} (real vs real "
         f"{kid['real_vs_real']:.4f} +- {kid['real_vs_real_standard_error']:.4f}, N = {kid['num_images']})",

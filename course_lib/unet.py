@@ -254,6 +254,7 @@ class SpatialTransformer(nn.Module):
         self.ff = GEGLU(channels, config.ff_mult)
         self.proj_out = nn.Linear(channels, channels)
         self.attention_store: dict | None = None  # set by UNet.record_cross_attention()
+        self.keep_graph = False
         self.name = ""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
@@ -271,7 +272,8 @@ class SpatialTransformer(nn.Module):
         if self.attention_store is None:
             return self.attn2(h, context, mask=context_mask)
         out, weights = self.attn2(h, context, mask=context_mask, return_attention=True)
-        self.attention_store[self.name] = weights.detach().unflatten(2, size)  # (B, heads, H, W, L)
+        weights = weights if self.keep_graph else weights.detach()
+        self.attention_store[self.name] = weights.unflatten(2, size)  # (B, heads, H, W, L)
         return out
 
 
@@ -446,21 +448,23 @@ class UNet(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     @contextmanager
-    def record_cross_attention(self) -> Iterator[dict[str, torch.Tensor]]:
+    def record_cross_attention(self, keep_graph: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         """Inside this block, every forward pass stores each SpatialTransformer's cross-attention weights.
 
         Yields a dict {module name: (B, heads, H, W, L) tensor}; ``average_cross_attention`` turns it into one
-        heat map per text token. Uses the explicit (slower) attention path while active.
+        heat map per text token. Uses the explicit (slower) attention path while active. ``keep_graph=True``
+        keeps the weights in the autograd graph, for losses on the maps (course_lib.layout_guidance).
         """
+        check_bool("keep_graph", keep_graph)
         store: dict[str, torch.Tensor] = {}
         blocks = [m for m in self.modules() if isinstance(m, SpatialTransformer)]
         for block in blocks:
-            block.attention_store = store
+            block.attention_store, block.keep_graph = store, keep_graph
         try:
             yield store
         finally:
             for block in blocks:
-                block.attention_store = None
+                block.attention_store, block.keep_graph = None, False
 
     def save_pretrained(self, folder: str | os.PathLike):
         """Write ``config.json`` and ``model.safetensors`` into ``folder``."""
