@@ -1,12 +1,12 @@
 """Benchmark: what each choice of the scenes recipe buys (conditioning, text encoder, guidance scale, sampler).
 
     .venv/bin/python bench/scenes_ablations.py [--base outputs/demo] [--unet-steps N] [--only NAME ...]
-                                               [--guidance-scales 1 3 5] [--samplers]
+                                               [--guidance-scales 1 3 5] [--layout-scales 0 1 2] [--samplers]
 
 Training variants re-train what the choice touches on top of one finished scenes demo (``--base``): the UNet
 alone for the conditioning, CLIP and the UNet for the text encoder; the VAE and the judge are shared. Sampling
-variants (``--guidance-scales``, ``--samplers``) re-sample the base pipeline only. Every row is judged like
-the demo: binding, relation and count on seen and held-out prompts, KID against real scenes.
+variants (``--guidance-scales``, ``--layout-scales``, ``--samplers``) re-sample the base pipeline only. Every
+row is judged like the demo: binding, relation and count on seen and held-out prompts, KID against real scenes.
 """
 import argparse
 import dataclasses
@@ -65,6 +65,8 @@ def main() -> int:
     parser.add_argument("--num-images", type=int, default=500)
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="training variants to run (none: [])")
     parser.add_argument("--guidance-scales", type=float, nargs="*", default=[])
+    parser.add_argument("--layout-scales", type=float, nargs="*", default=[],
+                        help="layout guidance step lengths to compare (0: none)")
     parser.add_argument("--samplers", action="store_true", help="DDIM 10/25/50 and DDPM 1000 on the base model")
     args = parser.parse_args()
     base = Path(args.base)
@@ -96,6 +98,10 @@ def main() -> int:
     for scale in args.guidance_scales:
         q, _ = evaluate_scenes(pipe, judge, recipe, args.num_images, args.num_images * 2 // 5, guidance_scale=scale)
         rows.append(_row(f"guidance {scale:g}", q, "DDIM 25, the base model"))
+    for scale in args.layout_scales:
+        q, _ = evaluate_scenes(pipe, judge, recipe, args.num_images, args.num_images * 2 // 5,
+                               layout_guidance_scale=scale)
+        rows.append(_row(f"layout guidance {scale:g}", q, f"first {recipe.layout_guidance_steps} steps, base model"))
     if args.samplers:
         common = dict(num_train_timesteps=recipe.num_train_timesteps, beta_schedule=recipe.beta_schedule,
                       beta_start=0.00085, beta_end=0.012, clip_sample=False)

@@ -213,29 +213,36 @@ def summary(report: dict, out_dir: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = MiniSDConfig()
-    p = argparse.ArgumentParser(prog="python -m course_lib.demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    shapes, scenes = MiniSDConfig(), MiniSDConfig.scenes()
+
+    def default(name: str) -> str:  # the recipes' defaults differ by world
+        a, b = getattr(scenes, name), getattr(shapes, name)
+        return f"(default {a})" if a == b else f"(default: scenes {a}, shapes {b})"
+
+    p = argparse.ArgumentParser(prog="python -m course_lib.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--world", choices=("scenes", "shapes"), default="scenes",
                    help="scenes: one or two objects at 64x64, captions with relations (course_lib.scenes); "
-                        "shapes: one object at 32x32 (course_lib.data)")
+                        "shapes: one object at 32x32 (course_lib.data) (default: scenes)")
     p.add_argument("--fast", action="store_true", help="tiny budgets: checks the plumbing (CI), poor pictures")
-    p.add_argument("--out", default="outputs/demo", help="output folder")
+    p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--fresh", action="store_true", help="delete the output folder first instead of resuming")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--vae-steps", type=int, help=f"VAE optimizer steps (default {defaults.vae_steps})")
-    p.add_argument("--clip-steps", type=int, help=f"CLIP optimizer steps (default {defaults.clip_steps})")
-    p.add_argument("--unet-steps", type=int, help=f"UNet optimizer steps (default {defaults.unet_steps})")
-    p.add_argument("--unet-batch-size", type=int, help=f"(default {defaults.unet_batch_size})")
+    p.add_argument("--seed", type=int, default=shapes.seed, help=f"(default {shapes.seed})")
+    p.add_argument("--vae-steps", type=int, help=f"VAE optimizer steps {default('vae_steps')}")
+    p.add_argument("--clip-steps", type=int, help=f"CLIP optimizer steps {default('clip_steps')}")
+    p.add_argument("--unet-steps", type=int, help=f"UNet optimizer steps {default('unet_steps')}")
+    p.add_argument("--unet-batch-size", type=int, help=default("unet_batch_size"))
     p.add_argument("--unet-channels", type=int, nargs="+", help=f"UNet widths per level "
-                   f"(default {' '.join(map(str, defaults.unet.block_channels))})")
+                   f"(default {' '.join(map(str, shapes.unet.block_channels))})")
     p.add_argument("--train-images", type=int, help=f"size of the rendered training set "
-                   f"(default {defaults.num_train_images})")
-    p.add_argument("--guidance-scale", type=float, help=f"(default {defaults.guidance_scale})")
+                   f"{default('num_train_images')}")
+    p.add_argument("--guidance-scale", type=float, help=default("guidance_scale"))
+    p.add_argument("--layout-guidance-scale", type=float, help=f"steer relation captions' layouts, 0: off "
+                   f"{default('layout_guidance_scale')}")
     p.add_argument("--text-features", choices=TEXT_FEATURES,
-                   help=f"what the UNet cross-attends to (default {defaults.text_features})")
-    p.add_argument("--steps", type=int, help=f"DDIM sampling steps (default {defaults.num_inference_steps})")
-    p.add_argument("--seeds-per-prompt", type=int, default=8, help="shapes: images per prompt for the accuracy figures")
+                   help=f"what the UNet cross-attends to {default('text_features')}")
+    p.add_argument("--steps", type=int, help=f"DDIM sampling steps {default('num_inference_steps')}")
+    p.add_argument("--seeds-per-prompt", type=int, default=8,
+                   help="shapes: images per prompt for the accuracy figures (default 8)")
     p.add_argument("--num-images", type=int, help="scenes: generated images judged on seen prompts (default 500, "
                    "--fast 40); 2/5 as many again on held-out prompts")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -247,7 +254,8 @@ def config_from_args(args) -> MiniSDConfig:
         ("seed", args.seed), ("vae_steps", args.vae_steps), ("clip_steps", args.clip_steps),
         ("unet_steps", args.unet_steps), ("unet_batch_size", args.unet_batch_size),
         ("num_train_images", args.train_images), ("guidance_scale", args.guidance_scale),
-        ("num_inference_steps", args.steps), ("text_features", args.text_features)) if value is not None}
+        ("num_inference_steps", args.steps), ("text_features", args.text_features),
+        ("layout_guidance_scale", args.layout_guidance_scale)) if value is not None}
     if args.world == "scenes":
         config = MiniSDConfig.fast(world="scenes", **overrides) if args.fast else MiniSDConfig.scenes(**overrides)
     else:

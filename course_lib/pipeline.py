@@ -155,7 +155,8 @@ class MiniSDPipeline:
         """The sampling loop (Ho et al. 2020, Alg. 2, with classifier-free guidance), from ``latents`` at
         ``timesteps[0]`` down to z_0. ``known_latents``/``known_mask`` (1 = generate, 0 = keep): inpainting.
         ``layouts`` (one ``RelationLayout`` or None per image): layout guidance during the first
-        ``layout_guidance_steps`` steps, each a step of length ``layout_guidance_scale`` (course_lib.layout_guidance)."""
+        ``layout_guidance_steps`` steps, each a step of length ``layout_guidance_scale``
+        (course_lib.layout_guidance)."""
         check_float("guidance_scale", guidance_scale, minimum=0.0)
         check_float("layout_guidance_scale", layout_guidance_scale, minimum=0.0)
         check_int("layout_guidance_steps", layout_guidance_steps, minimum=0)

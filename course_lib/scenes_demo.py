@@ -35,7 +35,8 @@ from course_lib.scenes import HELD_OUT_PAIRINGS, parse_scene_caption, scene_capt
 from course_lib.scenes_eval import scene_fid_like, scene_kid, scene_scores, train_scene_evaluator
 from course_lib.viz import plot_losses, save_image_grid
 
-__all__ = ["get_scene_judge", "relation_layouts", "sampling_kwargs", "evaluate_scenes", "vae_reconstruction", "run_scenes_demo", "scenes_summary"]
+__all__ = ["get_scene_judge", "relation_layouts", "sampling_kwargs", "evaluate_scenes", "vae_reconstruction",
+           "run_scenes_demo", "scenes_summary"]
 
 
 def get_scene_judge(out_dir: Path, fast: bool, seed: int = 0) -> tuple[ShapeEvaluator, dict]:

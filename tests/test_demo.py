@@ -214,6 +214,7 @@ def test_demo_refuses_to_mix_settings(tmp_path, capsys):
     (["--fast", "--seeds-per-prompt", "1"], "--seeds-per-prompt"),
     (["--fast", "--guidance-scale", "-1"], "guidance_scale"),
     (["--fast", "--train-images", "-5"], "num_train_images"),
+    (["--fast", "--layout-guidance-scale", "-0.5"], "layout_guidance_scale"),
 ])
 def test_cli_rejects_bad_values(tmp_path, capsys, argv, argument):
     assert main(argv + ["--out", str(tmp_path / "x")]) == 2
@@ -225,8 +226,10 @@ def test_cli_help_lists_the_budgets(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--fast", "--unet-steps", "--seed", "--out", "--fresh", "--threads"):
+    for option in ("--fast", "--unet-steps", "--seed", "--out", "--fresh", "--threads", "--layout-guidance-scale"):
         assert option in text
+    assert "scenes 2200, shapes 2500" in " ".join(text.split())  # each world's own default budget
+    assert "(default: None)" not in text
 
 
 # ---------------------------------------------------------------------------------------------------------

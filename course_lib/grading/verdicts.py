@@ -77,7 +77,8 @@ from traitlets import Unicode
 
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-__all__ = ["Check", "Trial", "load_checks", "compare", "cached_folder", "tiny_sd_folder", "InjectProbes", "ApplyVerdicts", "CHECKS_FILE"]
+__all__ = ["Check", "Trial", "load_checks", "compare", "cached_folder", "tiny_sd_folder", "InjectProbes",
+           "ApplyVerdicts", "CHECKS_FILE"]
 
 CHECKS_FILE = "checks.py"
 META = "course_grading"          # same key as sanitize.META: metadata the kernel never sees
