@@ -26,7 +26,9 @@ from course_lib.schedulers import DDIMScheduler, DDPMScheduler
 # name -> (what changes, overrides of the base config, stages re-trained)
 VARIANTS = {
     "default": ("the recipe", {}, ("unet",)),
-    "hidden-states-only": ("SD v1.5's conditioning: the text encoder's last hidden states only",
+    "sd-v15-conditioning": ("SD v1.5's conditioning: a frozen text encoder's last hidden states only",
+                            {"text_features": "last_hidden_state", "train_text_encoder": False}, ("unet",)),
+    "hidden-states-only": ("the text encoder's last hidden states only (trained with the UNet if the base's is)",
                            {"text_features": "last_hidden_state"}, ("unet",)),
     "bidirectional": ("a bidirectional text encoder (every token sees the whole caption)",
                       {"clip": {"causal": False}}, ("clip", "unet")),
