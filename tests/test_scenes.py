@@ -237,6 +237,47 @@ def test_kid_of_real_scenes_against_real_scenes_is_near_zero(quick_judge):
     assert abs(mean) < 4 * se + 1e-9 and shifted_mean > mean + 4 * se
 
 
+def test_evaluate_scenes_takes_kid_against_an_independent_real_set(quick_judge, monkeypatch):
+    """Regression: KID once compared the generated pictures with the real set their captions came from, in the
+    same order, which biased the unbiased MMD^2 far below zero. A generator that hands back exactly those real
+    pictures must score what two independent real sets score, to the last digit."""
+    import course_lib.demo
+    from course_lib import scenes_demo
+    from course_lib.minisd import MiniSDConfig
+
+    classifier, _ = quick_judge
+    config = MiniSDConfig.fast(world="scenes", layout_guidance_scale=0.0)
+    num_images = 40
+    seen = scenes_batch(num_images, seed=config.seed + 20_000)  # evaluate_scenes' seen prompts (their pictures)
+
+    def real_pictures(pipe, jobs, **kwargs):  # a "perfect" generator for the seen prompts, noise otherwise
+        captions = [c for c, _ in jobs]
+        if captions == seen["caption"]:
+            return seen["image"].clone()
+        return torch.rand(len(jobs), 3, 64, 64) * 2 - 1
+
+    compared = []  # (first set, second set) of every distance evaluate_scenes takes
+
+    def recording(distance):
+        def wrapped(judge, a, b, *args):
+            compared.append((a, b))
+            return distance(judge, a, b, *args)
+        return wrapped
+
+    monkeypatch.setattr(course_lib.demo, "generate_images", real_pictures)
+    monkeypatch.setattr(scenes_demo, "scene_kid", recording(scenes_demo.scene_kid))
+    monkeypatch.setattr(scenes_demo, "scene_fid_like", recording(scenes_demo.scene_fid_like))
+    report, _ = scenes_demo.evaluate_scenes(None, classifier, config, num_images=num_images, num_held_out=8)
+    assert len(compared) == 4  # KID and FID-like, each for generated vs real and real vs real
+    for first, reference in compared:
+        assert torch.equal(first, seen["image"])  # the perfect generator's pictures, or the real ones: the same
+        shared = (reference.flatten(1)[:, None] == seen["image"].flatten(1)[None]).all(-1)
+        assert not shared.any(), "the reference set must not contain the prompts' own pictures"
+    kid = report["kid"]
+    assert kid["generated_vs_real"] == kid["real_vs_real"], kid
+    assert report["fid_like"]["generated_vs_real"] == report["fid_like"]["real_vs_real"]
+
+
 def test_bidirectional_text_encoder_lets_earlier_tokens_see_later_ones():
     """The recipe's text-encoder choice (CLIPConfig.causal): with causal=False the state of "red" in
     "a red circle" depends on "circle"; with CLIP's causal mask it cannot."""
