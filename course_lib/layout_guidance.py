@@ -104,5 +104,4 @@ def steer_latents(unet, latents: torch.Tensor, timestep, context: torch.Tensor, 
             return latents
         (grad,) = torch.autograd.grad(energy.sum(), z)
     norm = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)                        # (B, 1, 1, 1)
-    step = torch.where(norm > 0, grad / norm.clamp_min(1e-12), torch.zeros_like(grad))
-    return (latents - scale * step).detach()
+    return (latents - scale * grad / norm.clamp_min(1e-12)).detach()  # rows without energy: zero gradient

@@ -319,7 +319,6 @@ def _encode_dataset(vae: VAE, images: torch.Tensor, batch_size: int = 512) -> tu
     return torch.cat(means), torch.cat(stds)
 
 
-@torch.no_grad()
 def _caption_tokens(tokenizer: CaptionTokenizer, captions: list[str], max_length: int):
     """The tokens of every distinct caption and "" (for condition dropout), and where each caption sits.
     Returns (tokens: dict(input_ids (U, L), attention_mask (U, L)), index of each caption (N,), index of "")."""
@@ -329,6 +328,7 @@ def _caption_tokens(tokenizer: CaptionTokenizer, captions: list[str], max_length
     return tokens, torch.tensor([lookup[c] for c in captions]), lookup[""]
 
 
+@torch.no_grad()
 def _encode_captions(text_encoder: TextEncoder, tokenizer: CaptionTokenizer, captions: list[str],
                      text_features: str = "last_hidden_state"):
     """tau(y) for every distinct caption, computed once (the text encoder is frozen).

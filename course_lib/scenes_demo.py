@@ -35,7 +35,7 @@ from course_lib.scenes import HELD_OUT_PAIRINGS, parse_scene_caption, scene_capt
 from course_lib.scenes_eval import scene_fid_like, scene_kid, scene_scores, train_scene_evaluator
 from course_lib.viz import plot_losses, save_image_grid
 
-__all__ = ["get_scene_judge", "relation_layouts", "sampling_kwargs", "evaluate_scenes", "vae_reconstruction",
+__all__ = ["get_scene_judge", "relation_layouts", "layout_kwargs", "evaluate_scenes", "vae_reconstruction",
            "run_scenes_demo", "scenes_summary"]
 
 
@@ -88,17 +88,16 @@ def relation_layouts(pipe: MiniSDPipeline, captions: list[str]) -> list[Relation
     return layouts
 
 
-def sampling_kwargs(pipe: MiniSDPipeline, config: MiniSDConfig, captions: list[str],
-                    layout_guidance_scale: float | None = None) -> dict:
-    """generate_images' sampling settings for these captions: DDIM steps, guidance, and layout guidance when
-    ``layout_guidance_scale`` (default: the config's) is > 0."""
+def layout_kwargs(pipe: MiniSDPipeline, config: MiniSDConfig, captions: list[str],
+                  layout_guidance_scale: float | None = None) -> dict:
+    """generate_images' layout-guidance arguments for these captions: none when ``layout_guidance_scale``
+    (default: the config's) is 0."""
     scale = config.layout_guidance_scale if layout_guidance_scale is None else layout_guidance_scale
     check_float("layout_guidance_scale", scale, minimum=0.0)
-    kwargs = dict(num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
-    if scale > 0:
-        kwargs.update(layouts=relation_layouts(pipe, captions), layout_guidance_scale=scale,
-                      layout_guidance_steps=config.layout_guidance_steps)
-    return kwargs
+    if scale == 0:
+        return {}
+    return dict(layouts=relation_layouts(pipe, captions), layout_guidance_scale=scale,
+                layout_guidance_steps=config.layout_guidance_steps)
 
 
 def evaluate_scenes(pipe: MiniSDPipeline, classifier: ShapeEvaluator, config: MiniSDConfig, num_images: int = 500,
@@ -119,9 +118,8 @@ def evaluate_scenes(pipe: MiniSDPipeline, classifier: ShapeEvaluator, config: Mi
             for i, split in enumerate(("held_out_pairs", "held_out_pairings"))}
 
     def generate(captions, first_seed):
-        kwargs = {**sampling_kwargs(pipe, config, captions, layout_scale), "num_inference_steps": steps,
-                  "guidance_scale": scale}
-        return generate_images(pipe, [(c, first_seed + i) for i, c in enumerate(captions)], **kwargs)
+        return generate_images(pipe, [(c, first_seed + i) for i, c in enumerate(captions)], steps, scale,
+                               **layout_kwargs(pipe, config, captions, layout_scale))
 
     start = time.perf_counter()
     generated = {"seen": generate(seen["caption"], 1000)}
@@ -175,7 +173,8 @@ def _figures(pipe: MiniSDPipeline, config: MiniSDConfig, out_dir: Path, losses: 
     columns = [f"seed {s}" for s in range(seeds)]
     rows = [c for c, _ in FIGURE_PROMPTS]
     jobs = [(c, s) for c in rows for s in range(seeds)]
-    images = generate_images(pipe, jobs, **sampling_kwargs(pipe, config, [c for c, _ in jobs]))
+    images = generate_images(pipe, jobs, config.num_inference_steps, config.guidance_scale,
+                             **layout_kwargs(pipe, config, [c for c, _ in jobs]))
     save_image_grid(images, out_dir / "samples.png", nrow=seeds, col_labels=columns,
                     row_labels=[c + ("  (held out)" if held else "") for c, held in FIGURE_PROMPTS],
                     title=f"DDIM {config.num_inference_steps} steps, guidance {config.guidance_scale}"
@@ -183,7 +182,8 @@ def _figures(pipe: MiniSDPipeline, config: MiniSDConfig, out_dir: Path, losses: 
     pairs = [(("red", "circle"), ("blue", "square")), tuple(HELD_OUT_PAIRINGS[0])]
     rows = [scene_caption("relation", a, b, r) for a, b in pairs for r in ("left of", "right of", "above", "below")]
     jobs = [(c, s) for c in rows for s in range(seeds)]
-    images = generate_images(pipe, jobs, **sampling_kwargs(pipe, config, [c for c, _ in jobs]))
+    images = generate_images(pipe, jobs, config.num_inference_steps, config.guidance_scale,
+                             **layout_kwargs(pipe, config, [c for c, _ in jobs]))
     held = {scene_caption("relation", *HELD_OUT_PAIRINGS[0], r) for r in ("left of", "right of", "above", "below")}
     save_image_grid(images, out_dir / "relations.png", nrow=seeds, col_labels=columns,
                     row_labels=[c + ("  (held-out pairing)" if c in held else "") for c in rows],

@@ -328,6 +328,7 @@ def _coordinates(sample: torch.Tensor) -> torch.Tensor:
     grid = torch.stack([x.expand(height, width), y[:, None].expand(height, width)])  # (2, H, W)
     return grid.expand(batch, 2, height, width)
 
+
 class UNet(nn.Module):
     """eps_theta(z_t, t, c): a text-conditioned UNet over latents, configured by a ``UNetConfig``."""
 

@@ -250,7 +250,7 @@ def test_evaluate_scenes_takes_kid_against_an_independent_real_set(quick_judge, 
     num_images = 40
     seen = scenes_batch(num_images, seed=config.seed + 20_000)  # evaluate_scenes' seen prompts (their pictures)
 
-    def real_pictures(pipe, jobs, **kwargs):  # a "perfect" generator for the seen prompts, noise otherwise
+    def real_pictures(pipe, jobs, *args, **kwargs):  # a "perfect" generator for the seen prompts, noise otherwise
         captions = [c for c, _ in jobs]
         if captions == seen["caption"]:
             return seen["image"].clone()

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import functools
 import hashlib
 import importlib.util
 import json
