@@ -41,6 +41,8 @@ VARIANTS = {
     "train-text-encoder-coordinates": ("the text encoder trained with the UNet, and coordinate channels",
                                        {"train_text_encoder": True, "unet": {"coordinate_channels": True}},
                                        ("unet",)),
+    "attention-8x8": ("cross-attention at the 8x8 level too (like SD, whose finest level attends), FF width 2x",
+                      {"unet": {"attention_levels": (0, 1), "ff_mult": 2}}, ("unet",)),
     "bidirectional-hidden-only": ("bidirectional text encoder, hidden states only",
                                   {"clip": {"causal": False}, "text_features": "last_hidden_state"},
                                   ("clip", "unet")),

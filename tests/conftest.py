@@ -8,11 +8,21 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import torch  # noqa: E402
 
-# Intra-op threads: tests/_numerics.py (TEST_THREADS, 1 unless COURSE_TEST_THREADS says otherwise). Module
-# fixtures that pin threads use the same number; subprocess-based tests set their own.
+import pytest  # noqa: E402
+
+# Intra-op threads: tests/_numerics.py (TEST_THREADS, 1 unless COURSE_TEST_THREADS says otherwise); the fixture
+# below puts them back after any test that changed them. Subprocess-based tests set their own.
 from _numerics import TEST_THREADS  # noqa: E402
 
 torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def test_threads():
+    """Every test starts with TEST_THREADS intra-op threads, whatever the previous one set."""
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
+    yield
 
 
 def built_once(tmp_path_factory, name: str, build):

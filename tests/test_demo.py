@@ -13,18 +13,9 @@ from safetensors.torch import load_file
 import course_lib.minisd as minisd
 from course_lib.demo import main
 from course_lib.minisd import MiniSDConfig, prompt_set, train_clip, train_unet, train_vae
-from _numerics import TEST_THREADS  # tests/_numerics.py
 
 FAST = dict(num_train_images=128, num_val_images=32, vae_steps=6, clip_steps=6, unet_steps=12,
             checkpoint_every=4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(TEST_THREADS)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_config_round_trip_and_validation():

@@ -10,18 +10,9 @@ from torch import nn
 from course_lib.lora import (LoRAConfig, LoRALinear, count_trainable_parameters, inject_lora, load_lora,
                              lora_parameter_count, lora_parameters, merge_lora, remove_lora, save_lora,
                              set_lora_scale, unmerge_lora)
-from _numerics import TEST_THREADS, assert_within_rounding  # tests/_numerics.py
+from _numerics import assert_within_rounding  # tests/_numerics.py
 
 ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and much faster on a shared, busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(TEST_THREADS)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_unet(seed=0):

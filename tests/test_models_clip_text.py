@@ -8,7 +8,7 @@ import torch
 
 from course_lib.models.clip_text import (CLIPTextConfig, CLIPTextModel, pooled_positions, quick_gelu,
                                          strip_text_model_prefix)
-from _numerics import TEST_THREADS, unit_roundoff  # tests/_numerics.py
+from _numerics import unit_roundoff  # tests/_numerics.py
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -22,14 +22,6 @@ OLD = CLIPTextConfig.tiny(vocab_size=120)  # eos_token_id = 2: pooled at argmax(
 NEW = CLIPTextConfig(vocab_size=90, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
                      max_position_embeddings=20, hidden_act="gelu", bos_token_id=88, eos_token_id=85, pad_token_id=0)
 # NEW: words (ids 3..79) and BOS (88) below and above EOS (85), so argmax(input_ids) would pick the wrong token
-
-
-@pytest.fixture(scope="module", autouse=True)
-def threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(TEST_THREADS)
-    yield
-    torch.set_num_threads(before)
 
 
 def _pair(config, seed=0, dtype=torch.float64):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from course_lib.models.unet_2d_condition import (UNet2DConditionConfig, UNet2DConditionModel, timestep_embedding)
-from _numerics import TEST_THREADS, unit_roundoff  # tests/_numerics.py
+from _numerics import unit_roundoff  # tests/_numerics.py
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -23,14 +23,6 @@ OTHER = UNet2DConditionConfig(
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     cross_attention_dim=24, attention_head_dim=(2, 4), norm_num_groups=8, use_linear_projection=True,
     transformer_layers_per_block=2, flip_sin_to_cos=False, freq_shift=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(TEST_THREADS)
-    yield
-    torch.set_num_threads(before)
 
 
 def _pair(config, seed=0, dtype=torch.float64):

@@ -11,17 +11,8 @@ from course_lib.schedulers import DDIMScheduler, DDPMScheduler
 from course_lib.text import CaptionTokenizer, CLIPConfig, TextEncoder
 from course_lib.unet import UNet, UNetConfig
 from course_lib.vae import VAE, VAEConfig
-from _numerics import TEST_THREADS  # tests/_numerics.py
 
 PROMPTS = ["a red circle", "a small blue square at the top left"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(TEST_THREADS)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
