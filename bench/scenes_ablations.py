@@ -43,6 +43,7 @@ VARIANTS = {
                                        ("unet",)),
     "attention-8x8": ("cross-attention at the 8x8 level too (like SD, whose finest level attends), FF width 2x",
                       {"unet": {"attention_levels": (0, 1), "ff_mult": 2}}, ("unet",)),
+    "unet-lr-2e-3": ("twice the UNet's learning rate (2e-3)", {"unet_lr": 2e-3}, ("unet",)),
     "bidirectional-hidden-only": ("bidirectional text encoder, hidden states only",
                                   {"clip": {"causal": False}, "text_features": "last_hidden_state"},
                                   ("clip", "unet")),

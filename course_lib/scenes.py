@@ -15,7 +15,9 @@ Glossary (lengths in pixels of the S x S image; x grows to the right, y downward
     pair         an object's (colour, shape), e.g. ("red", "circle")
     pairing      the unordered set of the two pairs of a two-object scene, e.g. {red circle, blue square}
     box          the s x s square an upright shape fits in; two objects never overlap because their boxes are
-                 at least ``GAP`` pixels apart along x or along y
+                 at least ``GAP`` pixels apart along x or along y (8: one latent pixel of an f = 8 VAE; with
+                 less, a generator that is off by a fraction of a latent pixel joins the two into one blob),
+                 and every box is at least ``BORDER`` pixels inside the image
     relation     "A left of B" holds when B is to the right of A along x and x is the dominant axis:
                  cx_B - cx_A > |cy_B - cy_A| (likewise "right of", "above" (A higher: smaller y), "below")
 
@@ -41,7 +43,7 @@ from course_lib._checks import check_choice, check_int
 from course_lib.data import COLOURS, SHAPES, _check_index, _index, all_pairs, render_shapes
 
 __all__ = [
-    "KINDS", "RELATIONS", "HELD_OUT_PAIRS", "HELD_OUT_PAIRINGS", "SPLITS", "SIZE_RANGE", "GAP",
+    "KINDS", "RELATIONS", "HELD_OUT_PAIRS", "HELD_OUT_PAIRINGS", "SPLITS", "SIZE_RANGE", "GAP", "BORDER",
     "scene_caption", "parse_scene_caption", "relation_holds", "boxes_overlap", "scene_vocabulary",
     "render_scenes", "SceneDataset", "scenes_batch", "pair_counts",
 ]
@@ -55,7 +57,8 @@ HELD_OUT_PAIRINGS = ((("red", "square"), ("blue", "circle")), (("yellow", "trian
                      (("green", "square"), ("red", "circle")), (("yellow", "square"), ("red", "triangle")))
 SPLITS = ("train", "held_out_pairs", "held_out_pairings")
 SIZE_RANGE = (0.2, 0.34)  # s / S, uniform
-GAP = 3.0  # pixels between the two boxes (the anti-aliased edge reaches half a pixel beyond a box)
+GAP = 8.0  # pixels between the two boxes: one latent pixel at f = 8, so the latent grid can keep them apart
+BORDER = 3.0  # pixels between a box and the image's edge (the anti-aliased edge reaches half a pixel beyond)
 MIN_OFFSET = 8.0  # pixels: in a relation scene the dominant offset is at least this, and twice the other one
 
 
@@ -238,7 +241,7 @@ class SceneDataset(torch.utils.data.Dataset):
         low, high = SIZE_RANGE
         sizes = [float((low + (high - low) * rng.random()) * self.image_size) for _ in range(count)]
         for _ in range(1000):  # rejection sampling: a few tries on average
-            centers = [tuple(float(v) for v in rng.uniform(s / 2 + GAP, self.image_size - s / 2 - GAP, size=2))
+            centers = [tuple(float(v) for v in rng.uniform(s / 2 + BORDER, self.image_size - s / 2 - BORDER, size=2))
                        for s in sizes]
             if count == 1:
                 return sizes, centers

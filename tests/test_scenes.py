@@ -24,11 +24,15 @@ def test_objects_never_overlap_and_stay_inside():
     for scene in batch["scene"]:
         objects = scene["objects"]
         for o in objects:
-            half = o["size_px"] / 2
+            half = o["size_px"] / 2 + 3  # BORDER: 3 px between a box and the edge
             assert half <= o["center_xy"][0] <= 64 - half and half <= o["center_xy"][1] <= 64 - half
         if len(objects) == 2:
             a, b = objects
             assert not boxes_overlap(a["center_xy"], a["size_px"], b["center_xy"], b["size_px"])
+            # the boxes are one latent pixel of an f = 8 VAE (8 px) apart, along x or along y
+            reach = (a["size_px"] + b["size_px"]) / 2
+            gap = max(abs(a["center_xy"][i] - b["center_xy"][i]) - reach for i in (0, 1))
+            assert gap >= 8.0
     # drawn one at a time, no pixel is touched by both objects (the coverage of one is 0 where the other's is not)
     two = [s["objects"] for s in batch["scene"] if len(s["objects"]) == 2][:8]
     for objects in two:
