@@ -156,7 +156,9 @@ for name, q in results.items():
 # %% [markdown]
 # Read the held-out **pairings** column first: those prompts name two objects the model has drawn many times,
 # just never together. A loss there is pure binding failure: the model knows "red", "square", "blue" and
-# "circle", and still attaches them wrongly.
+# "circle", and still attaches them wrongly. On seen prompts the two models can score alike (they did in our
+# full run): a combination seen in training can be drawn from memory, whatever the conditioning. The held-out
+# columns are where the conditioning shows.
 #
 # ## 4. Why: what the causal encoder's states say
 #
@@ -178,7 +180,7 @@ for name, pipe in pipes.items():
 
 # %% [markdown]
 # Look at "square", the word whose state has read the whole caption. In the frozen encoder its two states
-# stay close (cosine similarity about 0.8 in our full run): the contrastive loss never asked it to tell these
+# stay close (cosine similarity about 0.7 in our full run): the contrastive loss never asked it to tell these
 # captions apart, because a batch rarely holds a caption and its colour swap. Trained with the UNet's loss, the
 # encoder pulls them apart (about 0 in our run): the two captions need different pictures. "circle" differs
 # in both encoders, since it has read its own colour. (With `FAST = True` both encoders are barely trained.)
@@ -222,7 +224,8 @@ plt.show()
 #
 # ## 6. Fixing the relations at sampling time: layout guidance
 #
-# Look at the relation column of section 3: both models are near 0.5, a coin toss. The recipe's model puts two
+# Look at the relation column of section 3: the recipe's model is near 0.5, a coin toss (SD v1.5's is lower
+# still, since a relation also needs both objects drawn with the right colours). The recipe's model puts two
 # objects side by side for "left of" and "right of" and one above the other for "above" and "below", so it
 # reads the axis; but for a given seed "left of" and "right of" give the *same* picture: it ignores the
 # direction. Giving every pixel its coordinates (two extra input channels, CoordConv: Liu et al. 2018,
@@ -272,9 +275,11 @@ show_images(torch.cat(rows), titles=titles, ncols=len(seeds), figsize=(8, 8.5))
 plt.show()
 
 # %% [markdown]
-# The table compares the recipe's step length with a step twice as long. Both get the relation; watch the
-# count column: a latent pushed too far from what the UNet expects at that noise level grows a third object.
-# Guidance is a trade-off, and its step length is a setting to measure, like the guidance scale.
+# The table compares the recipe's step length with a step twice as long. Both get the relation; the binding
+# and count columns pay a little for it, and more with the longer step: a latent pushed far from what the UNet
+# expects at that noise level sometimes grows a third object (measured at N = 500 in docs/results.md: count
+# 0.960 without guidance, 0.950 with steps of 0.5, 0.942 with steps of 1). Guidance is a trade-off, and its
+# step length is a setting to measure, like the guidance scale.
 #
 # What to look for (in the full run): without guidance, the first two rows (left of, right of) are the same
 # pictures; with guidance the red circle moves to the named side and the colours stay on their shapes. The
