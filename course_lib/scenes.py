@@ -15,9 +15,9 @@ Glossary (lengths in pixels of the S x S image; x grows to the right, y downward
     pair         an object's (colour, shape), e.g. ("red", "circle")
     pairing      the unordered set of the two pairs of a two-object scene, e.g. {red circle, blue square}
     box          the s x s square an upright shape fits in; two objects never overlap because their boxes are
-                 at least ``GAP`` pixels apart along x or along y (8: one latent pixel of an f = 8 VAE; with
-                 less, a generator that is off by a fraction of a latent pixel joins the two into one blob),
-                 and every box is at least ``BORDER`` pixels inside the image
+                 at least ``GAP * S`` pixels apart along x or along y (8 at S = 64: one latent pixel of an
+                 f = 8 VAE; with less, a generator that is off by a fraction of a latent pixel joins the two
+                 into one blob), and every box is at least ``BORDER`` pixels inside the image
     relation     "A left of B" holds when B is to the right of A along x and x is the dominant axis:
                  cx_B - cx_A > |cy_B - cy_A| (likewise "right of", "above" (A higher: smaller y), "below")
 
@@ -57,7 +57,7 @@ HELD_OUT_PAIRINGS = ((("red", "square"), ("blue", "circle")), (("yellow", "trian
                      (("green", "square"), ("red", "circle")), (("yellow", "square"), ("red", "triangle")))
 SPLITS = ("train", "held_out_pairs", "held_out_pairings")
 SIZE_RANGE = (0.2, 0.34)  # s / S, uniform
-GAP = 8.0  # pixels between the two boxes: one latent pixel at f = 8, so the latent grid can keep them apart
+GAP = 1 / 8  # of S, between the two boxes: 8 px at S = 64, one latent pixel at f = 8 (scales like SIZE_RANGE)
 BORDER = 3.0  # pixels between a box and the image's edge (the anti-aliased edge reaches half a pixel beyond)
 MIN_OFFSET = 8.0  # pixels: in a relation scene the dominant offset is at least this, and twice the other one
 
@@ -136,7 +136,7 @@ def scene_vocabulary() -> list[str]:
 # 2. Geometry: non-overlap and relations
 # ----------------------------------------------------------------------------------------------------------
 
-def boxes_overlap(center_a, size_a: float, center_b, size_b: float, gap: float = GAP) -> bool:
+def boxes_overlap(center_a, size_a: float, center_b, size_b: float, gap: float) -> bool:
     """True unless the two s x s boxes are at least ``gap`` pixels apart along x or along y."""
     reach = (size_a + size_b) / 2 + gap
     return abs(center_a[0] - center_b[0]) < reach and abs(center_a[1] - center_b[1]) < reach
@@ -200,7 +200,7 @@ class SceneDataset(torch.utils.data.Dataset):
     def __init__(self, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
                  held_out_pairs=HELD_OUT_PAIRS, held_out_pairings=HELD_OUT_PAIRINGS):
         check_int("num_samples", num_samples, minimum=1)
-        check_int("image_size", image_size, minimum=32, maximum=512)
+        check_int("image_size", image_size, minimum=40, maximum=512)  # below 40 two large objects cannot keep GAP
         check_int("seed", seed, minimum=0)
         check_choice("split", split, SPLITS)
         self.held_out_pairs = [_pair("held_out_pairs[i]", p) for p in held_out_pairs]
@@ -238,14 +238,13 @@ class SceneDataset(torch.utils.data.Dataset):
 
     def _place(self, rng: np.random.Generator, count: int, relation: str | None) -> tuple[list, list]:
         """Sizes and centres of ``count`` non-overlapping objects (inside the image), satisfying ``relation``."""
-        low, high = SIZE_RANGE
-        sizes = [float((low + (high - low) * rng.random()) * self.image_size) for _ in range(count)]
+        low, high, S = *SIZE_RANGE, self.image_size
+        sizes = [float((low + (high - low) * rng.random()) * S) for _ in range(count)]
         for _ in range(1000):  # rejection sampling: a few tries on average
-            centers = [tuple(float(v) for v in rng.uniform(s / 2 + BORDER, self.image_size - s / 2 - BORDER, size=2))
-                       for s in sizes]
+            centers = [tuple(float(v) for v in rng.uniform(s / 2 + BORDER, S - s / 2 - BORDER, size=2)) for s in sizes]
             if count == 1:
                 return sizes, centers
-            if boxes_overlap(centers[0], sizes[0], centers[1], sizes[1]):
+            if boxes_overlap(centers[0], sizes[0], centers[1], sizes[1], gap=GAP * S):
                 continue
             if relation is None or _clear_relation(centers[0], centers[1], relation):
                 return sizes, centers

@@ -33,9 +33,8 @@
 # **Prerequisites**: lecture 3 (DDPM: forward process, $\epsilon$-prediction, Algorithms 1 and 2), PyTorch basics.
 #
 # **Time**: `FAST=True` under a minute. The full lesson trains a small class-conditional model on handwritten
-# digits in the notebook: a few minutes on a 2-core CPU (measured on our 2-core test machine: 2½ minutes on a
-# quiet machine, about half a minute of it for the 1000-step DDPM chain; 5½ minutes when the machine was
-# shared), 1–2 minutes on a Colab GPU.
+# digits in the notebook: a few minutes on a 2-core CPU (measured on our 2-core test machine: 2½ to 5½ minutes
+# in two runs, half a minute to 1½ of it for the 1000-step DDPM chain), 1–2 minutes on a Colab GPU.
 
 # %% tags=["setup"]
 # Colab: install the course library of this term (Colab's own torch stays); elsewhere nothing happens.
@@ -346,7 +345,7 @@ fig.tight_layout()
 # Each DDIM step costs about the same as a DDPM step, so time is roughly proportional to the number of steps:
 # 25 steps make 40x fewer network calls than 1000, and the times printed above follow (in our full run 36.3 s
 # against 0.9 s, 40x; fixed costs per call or a shared CPU can keep the measured ratio below the count: 32x in
-# a run on a busy machine). The referee cannot tell them
+# another run). The referee cannot tell them
 # apart; the pixel FD sees a small gap: the stochastic 1000-step chain (2.11) matches the real digits'
 # statistics as well as held-out real digits do (2.11, the real-vs-real reference printed in section 3), the
 # deterministic DDIM shortcut lands a little further away, and about equally far with 10, 25 or 50 steps

@@ -249,8 +249,9 @@ plt.show()
 from course_lib.scenes_demo import relation_layouts
 
 recipe_pipe = pipes["recipe: + words, trained"]
+step = recipe.layout_guidance_scale or 0.5  # the recipe's step length (0.5 if its demo was trained without)
 guided = {0.0: results["recipe: + words, trained"]}  # section 3 measured it without guidance
-for scale in sorted({recipe.layout_guidance_scale or 0.5, 1.0}):  # the recipe's step, and a longer one
+for scale in sorted({step, 1.0}):  # the recipe's step, and a longer one
     guided[scale] = evaluate_scenes(recipe_pipe, judge, recipe, NUM_IMAGES, NUM_IMAGES * 2 // 5,
                                     layout_guidance_scale=scale)[0]
 print(f"{'layout guidance':16s} {'relation seen':>13s} {'held-out':>9s} {'binding seen':>13s} {'count':>6s}")
@@ -267,7 +268,7 @@ rows = []
 for layouts in (None, relation_layouts(recipe_pipe, captions)):
     rows.append(recipe_pipe(captions, num_inference_steps=recipe.num_inference_steps,
                             guidance_scale=recipe.guidance_scale, latents=latents.clone(), progress=False,
-                            layouts=layouts, layout_guidance_scale=recipe.layout_guidance_scale or 0.5,
+                            layouts=layouts, layout_guidance_scale=step,
                             layout_guidance_steps=recipe.layout_guidance_steps).images)
 short = [c.replace("a red circle ", "red circle ").replace(" a blue square", "") for c in captions]
 titles = [f"{'guided' if i >= len(captions) else 'plain'}: {c}" for i, c in enumerate(short * 2)]
@@ -277,8 +278,8 @@ plt.show()
 # %% [markdown]
 # The table compares the recipe's step length with a step twice as long. Both get the relation; the binding
 # and count columns pay a little for it, and more with the longer step: a latent pushed far from what the UNet
-# expects at that noise level sometimes grows a third object (measured at N = 500 in docs/results.md: count
-# 0.960 without guidance, 0.950 with steps of 0.5, 0.942 with steps of 1). Guidance is a trade-off, and its
+# expects at that noise level sometimes grows a third object (on one trained model at N = 500, docs/results.md:
+# count 0.960 without guidance, 0.950 with steps of 0.5, 0.942 with steps of 1). Guidance is a trade-off, and its
 # step length is a setting to measure, like the guidance scale.
 #
 # What to look for (in the full run): without guidance, the first two rows (left of, right of) are the same

@@ -18,7 +18,7 @@ torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(autouse=True)
-def test_threads():
+def reset_threads():
     """Every test starts with TEST_THREADS intra-op threads, whatever the previous one set."""
     if torch.get_num_threads() != TEST_THREADS:
         torch.set_num_threads(TEST_THREADS)
