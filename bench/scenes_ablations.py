@@ -44,6 +44,8 @@ VARIANTS = {
     "attention-8x8": ("cross-attention at the 8x8 level too (like SD, whose finest level attends), FF width 2x",
                       {"unet": {"attention_levels": (0, 1), "ff_mult": 2}}, ("unet",)),
     "unet-lr-2e-3": ("twice the UNet's learning rate (2e-3)", {"unet_lr": 2e-3}, ("unet",)),
+    "unet-batch-64-2200": ("the UNet's batch of 64 for 2200 steps (the previous recipe; about the same time)",
+                           {"unet_batch_size": 64, "unet_steps": 2200}, ("unet",)),
     "bidirectional-hidden-only": ("bidirectional text encoder, hidden states only",
                                   {"clip": {"causal": False}, "text_features": "last_hidden_state"},
                                   ("clip", "unet")),

@@ -219,7 +219,8 @@ def test_cli_help_lists_the_budgets(capsys):
     text = capsys.readouterr().out
     for option in ("--fast", "--unet-steps", "--seed", "--out", "--fresh", "--threads", "--layout-guidance-scale"):
         assert option in text
-    assert "scenes 2200, shapes 2500" in " ".join(text.split())  # each world's own default budget
+    assert "scenes 3500, shapes 2500" in " ".join(text.split())  # each world's own default budget
+    assert "scenes 32, shapes 64" in " ".join(text.split())
     assert "(default: None)" not in text
 
 
