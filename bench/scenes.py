@@ -1,6 +1,6 @@
 """Benchmark: the default scenes demo (`make demo`) from scratch, and its figures next to the targets.
 
-    .venv/bin/python bench/scenes.py [--out outputs/bench-scenes] [--keep] [--threads N]
+    .venv/bin/python bench/scenes.py [--out outputs/bench-scenes] [--keep] [--threads N] [--seed S]
 
 Trains every stage from scratch (the folder is emptied first unless --keep, which resumes), then prints the
 training time, the judge's accuracy on held-out real scenes, the VAE's reconstruction at f = 8, binding,
@@ -24,6 +24,8 @@ def main() -> int:
     parser.add_argument("--out", default="outputs/bench-scenes")
     parser.add_argument("--keep", action="store_true", help="resume instead of starting from scratch")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="the recipe's seed: data, initialisations, sampling "
+                        "(default 0, the demo's)")
     parser.add_argument("--num-images", type=int, default=500, help="generated images on seen prompts (>= 20)")
     args = parser.parse_args()
     if args.num_images < 20:
@@ -34,7 +36,7 @@ def main() -> int:
     if out.exists() and not args.keep:
         shutil.rmtree(out)
     start = time.perf_counter()
-    report = run_scenes_demo(MiniSDConfig.scenes(), out, num_images=args.num_images)
+    report = run_scenes_demo(MiniSDConfig.scenes(seed=args.seed), out, num_images=args.num_images)
     wall = time.perf_counter() - start
     print(scenes_summary(report, out))
     kid = report["kid"]

@@ -276,14 +276,16 @@ show_images(torch.cat(rows), titles=titles, ncols=len(seeds), figsize=(8, 8.5))
 plt.show()
 
 # %% [markdown]
-# The table compares the recipe's step length with a step twice as long. Both get the relation; the binding
-# and count columns pay a little for it, and more with the longer step: a latent pushed far from what the UNet
-# expects at that noise level sometimes grows a third object (on one trained model at N = 500, docs/results.md:
-# count 0.960 without guidance, 0.950 with steps of 0.5, 0.942 with steps of 1). Guidance is a trade-off, and its
-# step length is a setting to measure, like the guidance scale.
+# The table compares the recipe's step length with a step twice as long. Both get the relation on seen prompts;
+# the longer step loses held-out relations and binding, and every step costs a little count: a latent pushed
+# far from what the UNet expects at that noise level sometimes grows a third object. At N = 200 such
+# differences are one or two standard errors, so docs/results.md repeats the comparison at N = 500 (on another
+# trained model: count 0.960 without guidance, 0.950 with steps of 0.5, 0.942 with steps of 1). Guidance is a
+# trade-off, and its step length is a setting to measure, like the guidance scale.
 #
 # What to look for (in the full run): without guidance, the first two rows (left of, right of) are the same
 # pictures; with guidance the red circle moves to the named side and the colours stay on their shapes. The
+# cost shows too: in our run one guided "right of" picture (third column) has a second blue square. The
 # guidance knows nothing about pictures: it only pulls two attention maps apart in the named direction, and
 # the UNet draws the objects where their words are attended.
 #
