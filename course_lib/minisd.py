@@ -142,8 +142,8 @@ class MiniSDConfig(JSONConfig):
 
         The text encoder is trained with the UNet (CLIP's contrastive loss leaves "a red square and a blue circle"
         and its colour swap nearly the same; docs/results.md). The UNet takes 3500 steps of 32 scenes: a step of 32
-        costs 0.7 of a step of 64 on 2 CPU cores (the text encoder, AdamW and the EMA cost the same at any batch), so
-        more, smaller steps fit the 10 minutes, and they bind and count better than 2200 steps of 64
+        costs 0.7 of a step of 64 on 2 CPU cores (AdamW, the EMA and each layer's fixed overhead cost the same at any
+        batch), so more, smaller steps fit the 10 minutes, and they bind and count better than 2200 steps of 64
         (docs/results.md). Relation captions are sampled with layout guidance (the UNet alone draws "left of"
         and "right of" alike; course_lib.layout_guidance), in steps of 0.5: steps of 1.0 get the relations as
         often but add a third object to more pictures (docs/results.md)."""
