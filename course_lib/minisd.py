@@ -365,6 +365,7 @@ def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder
     vae.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     means, stds = _encode_dataset(vae, data["image"])
+    encode_seconds = time.perf_counter() - start  # the data and its latents, before the first step
     if config.train_text_encoder:  # tokens of every distinct caption; features computed in each step
         tokens, caption_index, empty = _caption_tokens(tokenizer, data["caption"], text_encoder.config.max_length)
         text_encoder.train().requires_grad_(True)
@@ -413,8 +414,8 @@ def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder
     together.eval().requires_grad_(False)
     report = {"parameters": unet.num_parameters(), "steps": config.unet_steps, "batch_size": config.unet_batch_size,
               "text_features": config.text_features, "train_text_encoder": config.train_text_encoder,
-              "seconds": time.perf_counter() - start, "losses": history.losses,
-              "steps_per_second": config.unet_steps / max(time.perf_counter() - start, 1e-9)}
+              "seconds": time.perf_counter() - start, "losses": history.losses, "encode_seconds": encode_seconds,
+              "steps_per_second": config.unet_steps / max(time.perf_counter() - start - encode_seconds, 1e-9)}
     unet.save_pretrained(folder)
     if config.train_text_encoder:
         atomic_save_safetensors(folder / TUNED_TEXT_ENCODER, text_encoder.state_dict())
