@@ -412,10 +412,13 @@ def train_unet(config: MiniSDConfig, out_dir: str | Path, vae: VAE, text_encoder
                          resume="latest", max_grad_norm=1.0, desc="3/3 UNet", ema=ema)
     ema.copy_to(together)
     together.eval().requires_grad_(False)
+    seconds = time.perf_counter() - start
+    steps_this_run = config.unet_steps - (history.resumed_from or 0)  # a resumed stage timed only the rest
     report = {"parameters": unet.num_parameters(), "steps": config.unet_steps, "batch_size": config.unet_batch_size,
               "text_features": config.text_features, "train_text_encoder": config.train_text_encoder,
-              "seconds": time.perf_counter() - start, "losses": history.losses, "encode_seconds": encode_seconds,
-              "steps_per_second": config.unet_steps / max(time.perf_counter() - start - encode_seconds, 1e-9)}
+              "seconds": seconds, "losses": history.losses, "encode_seconds": encode_seconds,
+              "steps_this_run": steps_this_run,
+              "steps_per_second": steps_this_run / max(seconds - encode_seconds, 1e-9)}
     unet.save_pretrained(folder)
     if config.train_text_encoder:
         atomic_save_safetensors(folder / TUNED_TEXT_ENCODER, text_encoder.state_dict())
